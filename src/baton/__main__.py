@@ -1,0 +1,5 @@
+"""`python -m baton` runs the CLI."""
+
+from baton.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Running flows: pure scheduling decisions plus the async worker at the edge."""

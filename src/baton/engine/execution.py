@@ -1,0 +1,166 @@
+"""Run one step attempt: build its context, call the code or engine, stream, record the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection
+
+from baton.agents.base import StepRequest, StepResult
+from baton.agents.registry import resolve_engine
+from baton.domain.errors import BatonError, StepFailed
+from baton.domain.status import StepKind
+from baton.engine import step_results
+from baton.engine.context import RunningStep
+from baton.engine.step_results import Claim
+from baton.flows.spec import Flow, accepts_argument
+from baton.store import artifacts as artifact_store
+from baton.store import runs as run_store
+from baton.store import steps as step_store
+from baton.store.database import Database
+
+logger = logging.getLogger(__name__)
+
+#: How often streamed output is written as `step.delta` events (coalescing window).
+DELTA_FLUSH_S = 0.075
+
+
+class LeaseLostError(Exception):
+    """Raised into a step task when the worker learns it no longer holds the lease."""
+
+
+def load_step_inputs(conn: Connection, run_id: str, needs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's inputs and the outputs of the steps this one needs (large ones read from artifacts)."""
+    run = run_store.get_run(conn, run_id)
+    assert run is not None
+    upstream: dict[str, Any] = {}
+    if needs:
+        for row in step_store.load_steps(conn, run_id):
+            if row.key not in needs:
+                continue
+            if row.output_ref:
+                content = artifact_store.get_artifact_content(conn, row.output_ref)
+                upstream[row.key] = json.loads(content) if content is not None else None
+            else:
+                upstream[row.key] = row.output
+    return dict(run.inputs or {}), upstream
+
+
+class StepExecution:
+    """Carries one claimed step from start to its recorded end."""
+
+    def __init__(self, db: Database, flows: Mapping[str, Flow], row: Any, flow: Flow) -> None:
+        self.db = db
+        self.flows = flows
+        self.row = row
+        self.flow = flow
+        self.claim: Claim = step_results.claim_of(row)
+        self.ctx: RunningStep | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+        self.lost = False
+
+    async def run(self) -> None:
+        claim = self.claim
+        try:
+            inputs, upstream = await self.db.read(load_step_inputs, claim.run_id, list(self.row.needs or []))
+            self.ctx = RunningStep(claim, inputs, upstream)
+            self.ctx.cancel_reason = self.cancel_reason
+            flusher = asyncio.create_task(self._flush_forever(), name=f"baton-flush-{claim.key}")
+            try:
+                timeout = (self.row.spec or {}).get("timeout_s")
+                async with asyncio.timeout(timeout):
+                    output = await self._call()
+            finally:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
+            if not await self._flush():
+                return
+            await self._shielded(step_results.record_success, claim, output, list(self.ctx.artifacts), self.flows)
+        except asyncio.CancelledError:
+            if self.lost:
+                logger.warning("Lost the lease of %s; stopped it", claim.key, extra=self._extra("step.lease_lost"))
+                return
+            if self.cancel_reason is not None:
+                await self._shielded(step_results.record_cancelled, claim, self.cancel_reason, self.flows)
+                return
+            raise  # the worker itself is shutting down; the lease expires and the reaper requeues
+        except TimeoutError:
+            timeout = (self.row.spec or {}).get("timeout_s")
+            await self._fail(f"timed out after {timeout:g} s", retryable=True)
+        except StepFailed as error:
+            await self._fail(error.message, retryable=error.retryable)
+        except BatonError as error:
+            await self._fail(error.message, retryable=False)
+        except Exception as error:
+            logger.exception("Step %s raised", claim.key, extra=self._extra("step.failed"))
+            await self._fail(f"{type(error).__name__}: {error}", retryable=True)
+
+    async def _call(self) -> Any:
+        assert self.ctx is not None
+        kind = StepKind(self.row.kind)
+        spec = self.row.spec or {}
+        if kind is StepKind.CODE:
+            fn = self.flow.handler_for(str(spec.get("handler") or self.row.key))
+            args = (self.ctx,) if accepts_argument(fn) else ()
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args)
+            return await asyncio.to_thread(fn, *args)
+        if kind is StepKind.AGENT:
+            engine = resolve_engine(str(spec.get("engine") or "offline"), self.flow.functions)
+            request = StepRequest(
+                agent=self.row.key,
+                prompt=str(spec.get("prompt") or ""),
+                inputs=self.ctx.inputs,
+                upstream=self.ctx.upstream,
+                engine=engine.spec,
+            )
+            result: StepResult = await engine.run(request, self.ctx)
+            return result.output
+        raise StepFailed(f"step {self.row.key} of kind {kind} cannot be run by a worker", retryable=False)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DELTA_FLUSH_S)
+            if not await self._flush():
+                self.cancel(lost=True)
+                return
+
+    async def _flush(self) -> bool:
+        """Write what the step streamed; False when the lease is gone."""
+        assert self.ctx is not None
+        drafts = self.ctx.drain()
+        if not drafts:
+            return True
+        return await self.db.write(step_results.append_step_events, self.claim, drafts)
+
+    async def _fail(self, error: str, *, retryable: bool) -> None:
+        if self.ctx is not None:
+            with contextlib.suppress(Exception):
+                await self._flush()
+        await self._shielded(step_results.record_failure, self.claim, error, retryable, self.flows)
+
+    async def _shielded(self, fn: Any, *args: Any) -> Any:
+        """The final write of an attempt survives the worker's own cancellation."""
+        return await asyncio.shield(self.db.write(fn, *args))
+
+    def cancel(self, *, reason: str | None = None, lost: bool = False) -> None:
+        """Called by the worker: the run is being cancelled (`reason`) or the lease is `lost`."""
+        if lost:
+            self.lost = True
+        elif reason is not None and self.cancel_reason is None:
+            self.cancel_reason = reason
+            if self.ctx is not None:
+                self.ctx.cancel_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _extra(self, action: str) -> dict[str, Any]:
+        return {"action": action, "run_id": self.claim.run_id, "step_key": self.claim.key, "attempt": self.claim.attempt}

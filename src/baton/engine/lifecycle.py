@@ -1,0 +1,402 @@
+"""Run lifecycle operations: create, confirm, cancel, retry, resume, fork, answer. One transaction each."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from sqlalchemy import Connection, Row, exc
+
+from baton.domain.errors import (
+    ConcurrencyLimitReached,
+    Conflict,
+    IllegalTransition,
+    InvalidInputs,
+    NotFound,
+    UsageError,
+)
+from baton.domain.events import EventDraft
+from baton.domain.ids import new_id
+from baton.domain.status import TERMINAL_RUN_STATUSES, RunStatus, StepStatus
+from baton.engine import progress, scheduler
+from baton.flows.catalog import Catalog
+from baton.flows.inputs import validate_inputs
+from baton.store import inputs as input_store
+from baton.store import runs as run_store
+from baton.store import steps as step_store
+from baton.store.clock import db_now
+from baton.store.database import Database, touch
+from baton.store.events import append_events
+
+logger = logging.getLogger(__name__)
+
+R = RunStatus
+S = StepStatus
+STRATEGIES = ("enqueue", "reject", "cancel_running", "cancel_new")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a caller may say when creating a run."""
+
+    flow: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    project_id: str | None = None
+    created_by: str | None = None
+    title: str = ""
+    band: str | None = None
+    source: Mapping[str, Any] | None = None
+    idempotency_key: str | None = None
+    confirm: bool = False
+    require_confirmation: bool | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
+    strategy: str = "enqueue"
+    priority: int = 0
+    timeout_s: float | None = None
+    policy: Mapping[str, Any] | None = None
+
+
+class Lifecycle:
+    """The operations people and schedules perform on runs, over one database and flow catalog."""
+
+    def __init__(self, db: Database, catalog: Catalog) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.flows = catalog.as_mapping()
+
+    # --- create ------------------------------------------------------------------------------
+
+    async def create_run(self, request: RunRequest, *, retry_of: str | None = None) -> dict[str, Any]:
+        """Validate, then insert the run and its steps and admit it, in one transaction.
+
+        The same idempotency key (per project and user) returns the run it first created.
+        """
+        flow = self.catalog.get(request.flow)
+        inputs = validate_inputs(flow.input_schema, request.inputs, flow=flow.name)
+        if request.strategy not in STRATEGIES:
+            raise UsageError(f"strategy {request.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if request.concurrency_limit < 1:
+            raise UsageError(f"concurrency_limit must be at least 1, got {request.concurrency_limit}")
+        if request.timeout_s is not None and request.timeout_s <= 0:
+            raise UsageError(f"timeout_s must be positive, got {request.timeout_s}")
+        if request.idempotency_key is not None and not request.idempotency_key.strip():
+            raise UsageError("idempotency_key must not be empty: leave it out or give a unique string")
+        needs_confirmation = (
+            request.require_confirmation
+            if request.require_confirmation is not None
+            else flow.require_confirmation or bool((request.policy or {}).get("require_confirmation"))
+        ) and not request.confirm
+        scoped_key = (
+            f"{request.project_id or '-'}|{request.created_by or '-'}|{request.idempotency_key}"
+            if request.idempotency_key
+            else None
+        )
+        run_id = new_id("run")
+        rows = progress.step_rows_for(flow.steps, 0)
+
+        def body(conn: Connection) -> dict[str, Any]:
+            if scoped_key is not None:
+                existing = run_store.find_by_idempotency_key(conn, scoped_key)
+                if existing is not None:
+                    return dict(existing._mapping)
+            key = request.concurrency_key or f"{request.project_id or '-'}:{request.created_by or '-'}"
+            status = R.NEEDS_CONFIRMATION if needs_confirmation else R.QUEUED
+            run_store.insert_run(
+                conn,
+                {
+                    "id": run_id,
+                    "flow": flow.name,
+                    "flow_version": flow.version,
+                    "project_id": request.project_id,
+                    "created_by": request.created_by,
+                    "title": request.title or flow.title or flow.name,
+                    "band": request.band,
+                    "source": dict(request.source) if request.source else None,
+                    "inputs": inputs,
+                    "status": status.value,
+                    "status_reason": "waiting for confirmation" if needs_confirmation else "queued",
+                    "policy": dict(request.policy or {}),
+                    "idempotency_key": scoped_key,
+                    "concurrency_key": key,
+                    "concurrency_limit": request.concurrency_limit,
+                    "concurrency_strategy": request.strategy,
+                    "priority": request.priority,
+                    "retry_of": retry_of,
+                    "timeout_s": request.timeout_s or flow.timeout_s,
+                    "queued_at": None if needs_confirmation else db_now(conn),
+                },
+            )
+            step_store.insert_steps(conn, run_id, rows)
+            drafts = [EventDraft("run.created", {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of})]
+            run = run_store.get_run(conn, run_id)
+            assert run is not None
+            if not needs_confirmation:
+                drafts += self._admit(conn, run)
+            append_events(conn, run_id, drafts)
+            if retry_of:
+                append_events(conn, retry_of, [EventDraft("run.retried", {"new_run_id": run_id})])
+            return self._snapshot(conn, run_id)
+
+        try:
+            return await self.db.write(body)
+        except exc.IntegrityError:
+            if scoped_key is None:
+                raise
+            # Two creates raced with one key: the loser returns the winner's run.
+            existing = await self.db.read(run_store.find_by_idempotency_key, scoped_key)
+            if existing is None:
+                raise
+            return dict(existing._mapping)
+
+    def _admit(self, conn: Connection, run: Row[Any]) -> list[EventDraft]:
+        """A confirmed run either starts, or follows its key's strategy when the key is full."""
+        key, limit = run.concurrency_key, run.concurrency_limit
+        active = run_store.active_runs_of_key(conn, key)
+        waiting_before = [r for r in run_store.queued_runs_of_key(conn, key) if r.id != run.id]
+        if len(active) < limit and not waiting_before:
+            return progress.start_run(conn, run, self.flows)
+        strategy = run.concurrency_strategy
+        if strategy == "reject":
+            raise ConcurrencyLimitReached(
+                f"concurrency key {key!r} already has {len(active)} active run(s) of {limit} allowed "
+                f"({', '.join(r.id for r in active)}); wait for it to finish, cancel it, or use strategy 'enqueue'"
+            )
+        if strategy == "cancel_new":
+            return progress.finish_run(
+                conn, run, self.flows,
+                progress.Finish(False, f"cancelled: concurrency key {key!r} is full (strategy cancel_new)"),
+                status=R.CANCELLED,
+            )
+        if strategy == "cancel_running":
+            drafts: list[EventDraft] = []
+            for other in active:
+                locked = run_store.lock_run(conn, other.id)
+                if locked is not None:
+                    append_events(conn, other.id, self._request_cancel(conn, locked, f"cancelled by newer run {run.id} (strategy cancel_running)"))
+            return drafts + progress.start_run(conn, run, self.flows)
+        reason = f"waiting for a concurrency slot ({len(active)} of {limit} active for {key})"
+        run_store.update_run(conn, run.id, status_reason=reason, queued_at=run.queued_at or db_now(conn))
+        return [EventDraft("run.queued", {"reason": reason})]
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    async def confirm(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
+        def body(conn: Connection) -> dict[str, Any]:
+            run = self._lock(conn, run_id)
+            if run.status != R.NEEDS_CONFIRMATION:
+                raise IllegalTransition(run_id, run.status, R.QUEUED, "confirm run")
+            moved = run_store.transition_run(conn, run_id, [R.NEEDS_CONFIRMATION], R.QUEUED, "queued", queued_at=db_now(conn))
+            assert moved is not None
+            drafts = [EventDraft("run.confirmed", {"by": by})] + self._admit(conn, moved)
+            append_events(conn, run_id, drafts)
+            return self._snapshot(conn, run_id)
+
+        return await self.db.write(body)
+
+    async def cancel(self, run_id: str, *, reason: str = "", by: str | None = None) -> dict[str, Any]:
+        """Immediate for a run that has nothing in flight; otherwise requested, then settled by the worker.
+
+        Cancelling a cancelled run again is a no-op; cancelling a finished one is refused.
+        """
+        words = f"cancelled by {by}" if by else "cancelled"
+        if reason:
+            words += f": {reason}"
+
+        def body(conn: Connection) -> dict[str, Any]:
+            run = self._lock(conn, run_id)
+            if run.status == R.CANCELLED or (run.cancel_requested_at is not None and run.status not in TERMINAL_RUN_STATUSES):
+                return self._snapshot(conn, run_id)
+            if run.status in TERMINAL_RUN_STATUSES:
+                raise IllegalTransition(run_id, run.status, R.CANCELLED, "cancel run")
+            append_events(conn, run_id, self._request_cancel(conn, run, words))
+            return self._snapshot(conn, run_id)
+
+        return await self.db.write(body)
+
+    def _request_cancel(self, conn: Connection, run: Row[Any], reason: str) -> list[EventDraft]:
+        run_store.update_run(conn, run.id, cancel_requested_at=db_now(conn), status_reason=reason)
+        touch(conn, "cancel", f"run:{run.id}")
+        locked = run_store.get_run(conn, run.id)
+        assert locked is not None
+        return [EventDraft("run.cancel_requested", {"reason": reason})] + progress.settle_cancel(conn, locked, self.flows)
+
+    async def retry(self, run_id: str, *, by: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """A new run with the same flow, inputs and settings; `retry_of` points back."""
+        old = await self.db.read(run_store.get_run, run_id)
+        if old is None:
+            raise NotFound(f"run {run_id} not found")
+        if old.status not in TERMINAL_RUN_STATUSES:
+            raise IllegalTransition(run_id, old.status, "retried", "retry run")
+        request = RunRequest(
+            flow=old.flow,
+            inputs=old.inputs,
+            project_id=old.project_id,
+            created_by=by or old.created_by,
+            title=old.title,
+            band=old.band,
+            source=old.source,
+            idempotency_key=idempotency_key,
+            confirm=True,
+            concurrency_key=old.concurrency_key,
+            concurrency_limit=old.concurrency_limit,
+            strategy=old.concurrency_strategy,
+            priority=old.priority,
+            timeout_s=old.timeout_s,
+            policy=old.policy,
+        )
+        return await self.create_run(request, retry_of=run_id)
+
+    async def resume(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
+        """Re-queue a failed run's failed and cancelled steps; every succeeded step is kept."""
+
+        def body(conn: Connection) -> dict[str, Any]:
+            run = self._lock(conn, run_id)
+            if run.status != R.FAILED:
+                raise IllegalTransition(run_id, run.status, R.QUEUED, "resume run")
+            rows = step_store.load_steps(conn, run_id)
+            again = scheduler.resume_plan([progress.step_view(r) for r in rows])
+            for row in rows:
+                if row.key in again:
+                    budget = int((row.spec or {}).get("max_attempts") or row.max_attempts)
+                    step_store.set_steps_status(
+                        conn, run_id, [row.key], [S.FAILED, S.CANCELLED], S.PENDING,
+                        max_attempts=row.attempt + budget, error=None,
+                    )
+            moved = run_store.transition_run(
+                conn, run_id, [R.FAILED], R.QUEUED, "queued", queued_at=db_now(conn),
+                finished_at=None, result=None, report=None, cancel_requested_at=None,
+            )
+            assert moved is not None
+            drafts = [EventDraft("run.resumed", {"by": by, "steps": sorted(again)})] + self._admit(conn, moved)
+            append_events(conn, run_id, drafts)
+            return self._snapshot(conn, run_id)
+
+        return await self.db.write(body)
+
+    async def fork(
+        self, run_id: str, from_step: str, *, inputs: Mapping[str, Any] | None = None, by: str | None = None
+    ) -> dict[str, Any]:
+        """A new run that keeps the succeeded steps upstream of `from_step` and runs the rest again."""
+        source = await self.db.read(run_store.get_run, run_id)
+        if source is None:
+            raise NotFound(f"run {run_id} not found")
+        flow = self.catalog.get(source.flow)
+        new_inputs = validate_inputs(flow.input_schema, inputs if inputs is not None else source.inputs, flow=flow.name)
+        new_run_id = new_id("run")
+
+        def body(conn: Connection) -> dict[str, Any]:
+            rows = step_store.load_steps(conn, run_id)
+            keys = [r.key for r in rows]
+            if from_step not in keys:
+                raise UsageError(f"run {run_id} has no step {from_step!r}; its steps are {', '.join(keys)}")
+            copy, _ = scheduler.fork_plan([progress.step_view(r) for r in rows], from_step)
+            run_store.insert_run(
+                conn,
+                {
+                    **{k: v for k, v in source._mapping.items() if k in _FORK_KEEP},
+                    "id": new_run_id,
+                    "inputs": new_inputs,
+                    "created_by": by or source.created_by,
+                    "status": R.QUEUED.value,
+                    "status_reason": "queued",
+                    "forked_from": run_id,
+                    "fork_step": from_step,
+                    "queued_at": db_now(conn),
+                },
+            )
+            step_store.insert_steps(
+                conn,
+                new_run_id,
+                [
+                    {
+                        "key": r.key, "kind": r.kind, "needs": r.needs, "position": r.position, "spec": r.spec,
+                        "max_attempts": r.max_attempts, "engine": r.engine, "timeout_s": r.timeout_s,
+                        **(
+                            {"status": S.SUCCEEDED.value, "output": r.output, "output_ref": r.output_ref,
+                             "output_text": r.output_text, "attempt": r.attempt, "started_at": r.started_at,
+                             "finished_at": r.finished_at}
+                            if r.key in copy
+                            else {"status": S.PENDING.value}
+                        ),
+                    }
+                    for r in rows
+                ],
+            )
+            run = run_store.get_run(conn, new_run_id)
+            assert run is not None
+            drafts = [
+                EventDraft("run.created", {"flow": flow.name, "forked_from": run_id, "from_step": from_step}),
+                EventDraft("run.forked", {"forked_from": run_id, "from_step": from_step, "copied": sorted(copy)}),
+            ]
+            drafts += self._admit(conn, run)
+            append_events(conn, new_run_id, drafts)
+            return self._snapshot(conn, new_run_id)
+
+        return await self.db.write(body)
+
+    async def answer(self, request_id: str, answer: Any, *, by: str | None = None) -> dict[str, Any]:
+        """Answer a pending input request; the run moves on in the same transaction."""
+        request = await self.db.read(input_store.get_request, request_id)
+        if request is None:
+            raise NotFound(f"input request {request_id} not found")
+        problems = [
+            {"field": "/".join(str(p) for p in e.absolute_path) or "(answer)", "message": e.message}
+            for e in Draft202012Validator(request.schema or {}).iter_errors(answer)
+        ]
+        if problems:
+            detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+            raise InvalidInputs(f"the answer to {request_id} does not match its schema: {detail}", problems)
+
+        def body(conn: Connection) -> dict[str, Any]:
+            run = self._lock(conn, request.run_id)
+            answered = input_store.answer_request(conn, request_id, answer, by)
+            if answered is None:
+                current = input_store.get_request(conn, request_id)
+                raise Conflict(f"input request {request_id} is {current.status if current else 'gone'}: it takes no more answers")
+            step_store.set_steps_status(
+                conn, run.id, [answered.step_key], [S.WAITING], S.SUCCEEDED, output=answer, finished_at=db_now(conn)
+            )
+            step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
+            drafts = [
+                EventDraft("input.answered", {"request_id": request_id, "by": by}, step_key=answered.step_key),
+                EventDraft("step.succeeded", {"by": by}, step_key=answered.step_key),
+            ]
+            drafts += progress.advance_run(conn, run, self.flows, finished=step)
+            append_events(conn, run.id, drafts)
+            return self._snapshot(conn, run.id)
+
+        return await self.db.write(body)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        def body(conn: Connection) -> dict[str, Any]:
+            if run_store.get_run(conn, run_id) is None:
+                raise NotFound(f"run {run_id} not found")
+            return self._snapshot(conn, run_id)
+
+        return await self.db.read(body)
+
+    def _lock(self, conn: Connection, run_id: str) -> Row[Any]:
+        run = run_store.lock_run(conn, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    def _snapshot(self, conn: Connection, run_id: str) -> dict[str, Any]:
+        run = run_store.get_run(conn, run_id)
+        assert run is not None
+        data = dict(run._mapping)
+        data["steps"] = [dict(r._mapping) for r in step_store.load_steps(conn, run_id)]
+        data["pending_inputs"] = [dict(r._mapping) for r in input_store.list_requests(conn, run_id=run_id)]
+        return data
+
+
+_FORK_KEEP = {
+    "flow", "flow_version", "project_id", "title", "band", "source", "policy", "concurrency_key",
+    "concurrency_limit", "concurrency_strategy", "priority", "timeout_s",
+}

@@ -1,0 +1,247 @@
+"""Transaction bodies a worker commits for a step attempt: result, failure, cancel, deltas, reaping.
+
+Every body locks the run row first and then writes only while the attempt's lease token is still
+current, so a worker that lost its lease changes nothing (a stale result is recorded as such).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from baton.domain.events import EventDraft
+from baton.domain.status import RunStatus, StepStatus
+from baton.engine import progress, scheduler
+from baton.flows.report import output_text
+from baton.store import artifacts as artifact_store
+from baton.store import runs as run_store
+from baton.store import steps as step_store
+from baton.store.clock import db_now
+from baton.store.events import append_events
+
+logger = logging.getLogger(__name__)
+
+S = StepStatus
+R = RunStatus
+
+#: Outputs larger than this (as JSON) are stored as an artifact and passed on by its id.
+INLINE_OUTPUT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker holds for one step attempt."""
+
+    step_id: str
+    run_id: str
+    key: str
+    attempt: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactDraft:
+    name: str
+    content: bytes
+    media_type: str
+
+
+def claim_of(row: Row[Any]) -> Claim:
+    return Claim(step_id=row.id, run_id=row.run_id, key=row.key, attempt=row.attempt, token=row.lease_token)
+
+
+def claim_with_events(
+    conn: Connection, worker_id: str, lease_s: float, limit: int, flows: Sequence[str] | None
+) -> list[SimpleNamespace]:
+    """Claim ready steps and record `step.started` for each, in the claim's transaction.
+
+    Each claimed step comes back with its run's `flow` name, so the worker knows what to call.
+    """
+    rows = step_store.claim_steps(conn, worker_id, lease_s, limit, flows)
+    claimed = []
+    for row in rows:
+        append_events(
+            conn, row.run_id, [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)]
+        )
+        run = run_store.get_run(conn, row.run_id)
+        claimed.append(SimpleNamespace(**row._mapping, flow=run.flow if run is not None else None))
+    return claimed
+
+
+def record_success(
+    conn: Connection, claim: Claim, output: Any, artifacts: Sequence[ArtifactDraft], flows: progress.Flows
+) -> bool:
+    """Store the result, its artifacts and events, and move the run on. False when the lease was lost."""
+    run = run_store.lock_run(conn, claim.run_id)
+    if run is None:
+        return False
+    encoded = json.dumps(output, default=str)
+    fields: dict[str, Any] = {"output": None, "output_ref": None, "output_text": None, "lease_token": None}
+    drafts: list[EventDraft] = []
+    if len(encoded) > INLINE_OUTPUT_BYTES:
+        # A large output is stored once as an artifact; events and the run row stay small.
+        stored = artifact_store.insert_artifact(
+            conn, claim.run_id, f"{claim.key}.output.json", encoded.encode(), "application/json",
+            step_key=claim.key, attempt=claim.attempt,
+        )
+        fields["output_ref"] = stored["id"]
+        drafts.append(_artifact_event(stored, claim))
+    else:
+        fields["output"] = json.loads(encoded)
+        fields["output_text"] = output if isinstance(output, str) else None
+    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
+    if finished is None:
+        _record_stale(conn, claim)
+        return False
+    for draft in artifacts:
+        stored = artifact_store.insert_artifact(
+            conn, claim.run_id, draft.name, draft.content, draft.media_type, step_key=claim.key, attempt=claim.attempt
+        )
+        drafts.append(_artifact_event(stored, claim))
+    preview = output_text(output)[:2000] if len(encoded) <= INLINE_OUTPUT_BYTES else None
+    drafts.insert(
+        0,
+        EventDraft(
+            "step.succeeded",
+            {"output_ref": fields["output_ref"], "preview": preview, "size": len(encoded)},
+            step_key=claim.key,
+            attempt=claim.attempt,
+        ),
+    )
+    drafts += progress.advance_run(conn, run, flows, finished=finished)
+    append_events(conn, claim.run_id, drafts)
+    return True
+
+
+def record_failure(
+    conn: Connection, claim: Claim, error: str, retryable: bool, flows: progress.Flows
+) -> bool:
+    """Retry later with backoff while attempts remain; otherwise fail the step and judge the run."""
+    run = run_store.lock_run(conn, claim.run_id)
+    if run is None:
+        return False
+    step = step_store.hold_lease(conn, claim.step_id, claim.token)
+    if step is None:
+        _record_stale(conn, claim)
+        return False
+    if retryable and step.attempt < step.max_attempts and run.cancel_requested_at is None:
+        delay = scheduler.retry_delay(step.attempt, float((step.spec or {}).get("backoff_s") or 0))
+        step_store.finish_step(
+            conn, claim.step_id, claim.token, S.QUEUED, error=error, available_at=db_now(conn) + delay, lease_token=None
+        )
+        append_events(conn, claim.run_id, [
+            EventDraft("step.retrying", {"error": error, "delay_s": delay, "next_attempt": step.attempt + 1},
+                       step_key=claim.key, attempt=claim.attempt)
+        ])
+        return True
+    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.FAILED, error=error, lease_token=None)
+    drafts = [EventDraft("step.failed", {"error": error}, step_key=claim.key, attempt=claim.attempt)]
+    locked = run_store.get_run(conn, claim.run_id)
+    assert locked is not None and finished is not None
+    drafts += progress.advance_run(conn, locked, flows, finished=finished)
+    append_events(conn, claim.run_id, drafts)
+    return True
+
+
+def record_cancelled(conn: Connection, claim: Claim, reason: str, flows: progress.Flows) -> bool:
+    """A step stopped because its run is being cancelled; the run ends once nothing else runs."""
+    run = run_store.lock_run(conn, claim.run_id)
+    if run is None:
+        return False
+    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.CANCELLED, error=reason, lease_token=None)
+    if finished is None:
+        return False
+    drafts = [EventDraft("step.cancelled", {"reason": reason}, step_key=claim.key, attempt=claim.attempt)]
+    locked = run_store.get_run(conn, claim.run_id)
+    assert locked is not None
+    drafts += progress.settle_cancel(conn, locked, flows)
+    append_events(conn, claim.run_id, drafts)
+    return True
+
+
+def append_step_events(conn: Connection, claim: Claim, drafts: Sequence[EventDraft]) -> bool:
+    """Fenced append of events a step emits while it runs (deltas, logs). False: lease lost."""
+    if run_store.lock_run(conn, claim.run_id) is None:
+        return False
+    if step_store.hold_lease(conn, claim.step_id, claim.token) is None:
+        return False
+    append_events(conn, claim.run_id, drafts)
+    return True
+
+
+def reap(conn: Connection, flows: progress.Flows, limit: int = 100) -> int:
+    """Repair what nobody owns any more: expired leases, overdue runs, runs that can be promoted."""
+    repaired = 0
+    for step in step_store.expired_leases(conn, limit):
+        run = run_store.lock_run(conn, step.run_id)
+        if run is None:
+            continue
+        now = db_now(conn)
+        timed_out = step.deadline_at is not None and step.deadline_at < now
+        reason = "timed out" if timed_out else f"worker lost: lease of {step.claimed_by} expired"
+        drafts = [EventDraft("step.lease_expired", {"worker": step.claimed_by, "reason": reason},
+                             step_key=step.key, attempt=step.attempt)]
+        if run.cancel_requested_at is not None:
+            step_store.finish_step(conn, step.id, step.lease_token, S.CANCELLED, error="run cancelled", lease_token=None)
+            drafts += progress.settle_cancel(conn, run, flows)
+        elif step.attempt < step.max_attempts:
+            step_store.finish_step(conn, step.id, step.lease_token, S.QUEUED, error=reason, available_at=now, lease_token=None)
+            drafts.append(EventDraft("step.queued", {"reason": reason}, step_key=step.key))
+        else:
+            error = f"{reason} after {step.attempt} attempt(s)"
+            finished = step_store.finish_step(conn, step.id, step.lease_token, S.FAILED, error=error, lease_token=None)
+            drafts.append(EventDraft("step.failed", {"error": error}, step_key=step.key, attempt=step.attempt))
+            if finished is not None:
+                drafts += progress.advance_run(conn, run, flows, finished=finished)
+        append_events(conn, step.run_id, drafts)
+        repaired += 1
+    for overdue in run_store.runs_past_deadline(conn):
+        run = run_store.lock_run(conn, overdue.id)
+        if run is None or run.status in ("succeeded", "failed", "cancelled"):
+            continue
+        reason = f"run timed out after {run.timeout_s:g} s"
+        append_events(conn, run.id, progress.finish_run(conn, run, flows, progress.Finish(False, reason)))
+        repaired += 1
+    for key in run_store.keys_with_queued_runs(conn):
+        repaired += len(progress.promote_key(conn, key, flows))
+    return repaired
+
+
+def repair_running_runs(conn: Connection, flows: progress.Flows) -> int:
+    """On worker start: a running run with no step in flight or queued is moved on again."""
+    repaired = 0
+    for run in run_store.runs_in_status(conn, R.RUNNING):
+        rows = step_store.load_steps(conn, run.id)
+        if any(r.status in (S.RUNNING, S.QUEUED, S.WAITING) for r in rows):
+            continue
+        locked = run_store.lock_run(conn, run.id)
+        if locked is None:
+            continue
+        append_events(conn, run.id, progress.advance_run(conn, locked, flows))
+        repaired += 1
+    return repaired
+
+
+def _record_stale(conn: Connection, claim: Claim) -> None:
+    logger.warning(
+        "Discarding stale result of %s attempt %s", claim.key, claim.attempt,
+        extra={"action": "step.stale_result", "run_id": claim.run_id, "step_key": claim.key},
+    )
+    append_events(conn, claim.run_id, [
+        EventDraft("step.stale_result", {"reason": "lease lost before completion"}, step_key=claim.key, attempt=claim.attempt)
+    ])
+
+
+def _artifact_event(stored: dict[str, Any], claim: Claim) -> EventDraft:
+    return EventDraft(
+        "artifact.created",
+        {"artifact_id": stored["id"], "name": stored["name"], "size": stored["size"], "media_type": stored["media_type"]},
+        step_key=claim.key,
+        attempt=claim.attempt,
+    )

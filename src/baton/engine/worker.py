@@ -1,0 +1,203 @@
+"""The worker: claim ready steps into free slots, run them, heartbeat their leases, reap the dead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from baton.domain.errors import BatonError
+from baton.domain.ids import new_worker_id
+from baton.engine import step_results
+from baton.engine.execution import StepExecution
+from baton.flows.catalog import Catalog
+from baton.store import steps as step_store
+from baton.store import workers as worker_store
+from baton.store.database import Database
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 8
+    lease_s: float = 30.0
+    poll_s: float = 1.0
+    reaper_s: float = 5.0
+    #: How long a stopping worker lets in-flight steps finish before cancelling them.
+    drain_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.lease_s <= 0 or self.poll_s <= 0 or self.reaper_s <= 0:
+            raise ValueError("lease_s, poll_s and reaper_s must be positive")
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 3
+
+
+class Worker:
+    """Runs steps of the flows in its catalog. `run(until_idle=True)` returns once nothing is left."""
+
+    def __init__(self, db: Database, catalog: Catalog, settings: WorkerSettings | None = None) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.flows = catalog.as_mapping()
+        self.settings = settings or WorkerSettings()
+        self.id = new_worker_id()
+        self.logger = logger.getChild(self.id.replace(".", "_"))
+        self.in_flight: dict[str, StepExecution] = {}
+        self._stop = asyncio.Event()
+        self._side: list[asyncio.Task[None]] = []
+        self.steps_run = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        await self.db.write(worker_store.register_worker, self.id, self.settings.concurrency)
+        await self.reconcile()
+        self._side = [
+            asyncio.create_task(self._heartbeat_forever(), name="baton-heartbeat"),
+            asyncio.create_task(self._reap_forever(), name="baton-reaper"),
+        ]
+        side = self._side
+        try:
+            await self._claim_loop(until_idle)
+        finally:
+            for task in side:
+                task.cancel()
+            for task in side:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._drain()
+            with contextlib.suppress(BatonError):
+                await self.db.write(worker_store.mark_stopped, self.id)
+
+    async def reconcile(self) -> None:
+        """On start: requeue steps whose worker died, then move on runs left without work."""
+        await self.db.write(step_results.reap, self.flows)
+        await self.db.write(step_results.repair_running_runs, self.flows)
+
+    # --- the claim loop ---------------------------------------------------------------------
+
+    async def _claim_loop(self, until_idle: bool) -> None:
+        names = self.catalog.names()
+        while not self._stop.is_set():
+            self._raise_if_side_task_died()
+            free = self.settings.concurrency - len(self.in_flight)
+            claimed: list[Any] = []
+            if free > 0:
+                claimed = await self.db.write(
+                    step_results.claim_with_events, self.id, self.settings.lease_s, free, names
+                )
+                for row in claimed:
+                    self._start(row)
+            if claimed and len(self.in_flight) < self.settings.concurrency:
+                continue
+            timeout = self.settings.poll_s
+            if until_idle and not self.in_flight:
+                upcoming = await self.db.read(_seconds_until_next_step)
+                if upcoming is None:
+                    return
+                timeout = min(timeout, max(upcoming, 0.001))
+            await self.db.wait(["steps", "cancel", f"worker:{self.id}"], timeout)
+            if self.in_flight:
+                await self._check_cancels()
+
+    def _start(self, row: Any) -> None:
+        execution = StepExecution(self.db, self.flows, row, self.flows[row.flow])
+        execution.task = asyncio.create_task(execution.run(), name=f"baton-step-{row.key}")
+        self.in_flight[row.lease_token] = execution
+        execution.task.add_done_callback(lambda _t, token=row.lease_token: self._finished(token))
+
+    def _finished(self, token: str) -> None:
+        execution = self.in_flight.pop(token, None)
+        self.steps_run += 1
+        if execution is not None and execution.task is not None and not execution.task.cancelled():
+            error = execution.task.exception()
+            if error is not None:
+                self.logger.error("step task crashed: %r", error, extra={"action": "worker.task_crashed"})
+        self.db.topics.notify([f"worker:{self.id}"])
+
+    async def _check_cancels(self) -> None:
+        runs = [e.claim.run_id for e in self.in_flight.values()]
+        cancelled = await self.db.read(step_store.cancel_requested_runs, runs)
+        for execution in list(self.in_flight.values()):
+            if execution.claim.run_id in cancelled:
+                execution.cancel(reason="run cancelled")
+
+    # --- side tasks -------------------------------------------------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            tokens = list(self.in_flight)
+            try:
+                held = await self.db.write(_heartbeat, self.id, tokens, self.settings.lease_s)
+                last_ok = time.monotonic()
+            except BatonError as error:
+                self.logger.warning("heartbeat failed: %s", error, extra={"action": "worker.heartbeat_failed"})
+                if time.monotonic() - last_ok > self.settings.lease_s:
+                    # Our leases have surely expired: stop the work someone else may now own.
+                    for execution in list(self.in_flight.values()):
+                        execution.cancel(lost=True)
+                continue
+            held_tokens, cancelled_runs = held
+            for token in tokens:
+                execution = self.in_flight.get(token)
+                if execution is None:
+                    continue
+                if token not in held_tokens:
+                    execution.cancel(lost=True)
+                elif execution.claim.run_id in cancelled_runs:
+                    execution.cancel(reason="run cancelled")
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_s)
+            try:
+                await self.db.write(step_results.reap, self.flows)
+            except BatonError as error:
+                self.logger.warning("reaper pass failed: %s", error, extra={"action": "worker.reap_failed"})
+
+    def _raise_if_side_task_died(self) -> None:
+        """A worker whose heartbeat or reaper died must stop loudly, not run steps unguarded."""
+        for task in self._side:
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                raise RuntimeError(f"worker side task {task.get_name()} stopped: {error!r}")
+
+    async def _drain(self) -> None:
+        if not self.in_flight:
+            return
+        tasks = [e.task for e in self.in_flight.values() if e.task is not None]
+        _done, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+
+def _heartbeat(conn: Connection, worker_id: str, tokens: list[str], lease_s: float) -> tuple[set[str], set[str]]:
+    held = step_store.extend_leases(conn, worker_id, tokens, lease_s)
+    worker_store.beat(conn, worker_id, len(tokens))
+    cancelled = step_store.cancel_requested_runs(conn, [r.run_id for r in held])
+    return {r.lease_token for r in held}, cancelled
+
+
+def _seconds_until_next_step(conn: Connection) -> float | None:
+    from baton.store.clock import db_now
+
+    upcoming = step_store.next_available_at(conn)
+    if upcoming is None:
+        return None
+    return upcoming - db_now(conn)

@@ -1,0 +1,1 @@
+"""Declaring flows and deciding what a flow adds next (pure)."""

@@ -1,0 +1,1 @@
+"""The only package that talks SQL: schema, migrations, and queries named by intent."""

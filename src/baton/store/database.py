@@ -1,0 +1,281 @@
+"""Database handle: engine setup per dialect, one-transaction helpers with busy retries, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, event, exc, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from baton.domain.errors import StoreError, StoreUnavailable
+from baton.store.dialects import Dialect, dialect_for
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_SQLITE_PATH = Path("~/.baton/baton.db")
+_BUSY_RETRIES = 60
+
+
+def default_database_url() -> str:
+    """`BATON_DATABASE_URL`, else the embedded SQLite file `~/.baton/baton.db`."""
+    env = os.environ.get("BATON_DATABASE_URL")
+    if env:
+        return env
+    home = os.environ.get("BATON_HOME")
+    path = Path(home) / "baton.db" if home else DEFAULT_SQLITE_PATH.expanduser()
+    return f"sqlite:///{path}"
+
+
+def normalize_url(url: str) -> str:
+    """Accept `sqlite:///path`, `postgresql://…` or `postgres://…`; return the async driver's URL."""
+    url = url.strip()
+    if url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+psycopg://"):
+        return url
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise StoreUnavailable(
+        f"database URL {redact(url)!r} is not supported: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def sync_url(url: str) -> str:
+    """The same database for the synchronous drivers Alembic uses."""
+    return normalize_url(url).replace("sqlite+aiosqlite://", "sqlite://")
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(normalize_url(url))
+    if not parsed.drivername.startswith("sqlite") or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+class Topics:
+    """In-process wake-ups: a waiter sleeps until a topic it cares about changes, or a timeout."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def notify(self, topics: Iterable[str]) -> None:
+        names = set(topics)
+        wake_all = "*" in names
+        for topic, futures in list(self._waiters.items()):
+            if wake_all or topic in names:
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def wait(self, topics: Iterable[str], timeout: float) -> bool:
+        """True when woken, False on timeout."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        names = list(topics)
+        for topic in names:
+            self._waiters.setdefault(topic, set()).add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for topic in names:
+                waiters = self._waiters.get(topic)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[topic]
+
+
+def touch(conn: Connection, *topics: str) -> None:
+    """Mark topics as changed by this transaction; waiters wake once it commits."""
+    conn.info.setdefault("baton_topics", set()).update(topics)
+
+
+class Database:
+    """One database: an async engine, its dialect, and transactions that retry on contention."""
+
+    def __init__(self, url: str, engine: AsyncEngine, dialect: Dialect) -> None:
+        self.url = url
+        self.engine = engine
+        self.dialect = dialect
+        self.topics = Topics()
+        self._listener: asyncio.Task[None] | None = None
+        self.busy_retries = 0
+
+    @classmethod
+    async def open(cls, url: str | None = None, *, upgrade: bool | None = None) -> Database:
+        """Connect, checking the database is reachable and its schema current.
+
+        An embedded SQLite file is created and migrated on first use; PostgreSQL is migrated
+        with `baton db upgrade` (or `upgrade=True`), so that a deploy decides when schemas move.
+        """
+        from baton.store import migrate
+
+        url = normalize_url(url or default_database_url())
+        dialect = dialect_for(url)
+        if upgrade is None:
+            upgrade = dialect.name == "sqlite"
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(migrate.ensure_schema, url, upgrade=upgrade)
+        engine = _create_engine(url, dialect)
+        db = cls(url, engine, dialect)
+        await db.read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+        return db
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        await self.engine.dispose()
+
+    # --- transactions --------------------------------------------------------------------
+
+    async def write(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, …)` in one write transaction (SQLite: BEGIN IMMEDIATE), retried on contention."""
+        return await self._transaction(False, fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn(conn, …)` in one read transaction."""
+        return await self._transaction(True, fn, *args, **kwargs)
+
+    async def _transaction(
+        self, read_only: bool, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        dialect = self.dialect
+
+        def body(conn: Connection) -> tuple[T, set[str]]:
+            # A retried transaction must not reuse the clock or markers of the failed one.
+            for key in ("baton_topics", "baton_tx", "baton_now"):
+                conn.info.pop(key, None)
+            result = fn(conn, *args, **kwargs)
+            topics: set[str] = conn.info.pop("baton_topics", set())
+            conn.info.pop("baton_tx", None)
+            conn.info.pop("baton_now", None)
+            if topics:
+                dialect.notify(conn, topics)
+            return result, topics
+
+        delay = 0.002
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                async with self.engine.connect() as aconn:
+                    if read_only:
+                        aconn = await aconn.execution_options(baton_read_only=True)
+                    async with aconn.begin():
+                        result, topics = await aconn.run_sync(body)
+                if topics:
+                    self.topics.notify(topics)
+                return result
+            except exc.DBAPIError as error:
+                if attempt < _BUSY_RETRIES and _is_contention(error):
+                    self.busy_retries += 1
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.25)
+                    continue
+                if _is_unreachable(error):
+                    raise StoreUnavailable(
+                        f"cannot reach the database at {redact(self.url)}: {_first_line(error)}. "
+                        "Check that it is running and that --database / BATON_DATABASE_URL points at it."
+                    ) from error
+                raise StoreError(f"the database refused the operation: {_first_line(error)}") from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- wake-ups --------------------------------------------------------------------------
+
+    async def wait(self, topics: Iterable[str], timeout: float) -> bool:
+        """Sleep until one of `topics` changes (in this process, or by NOTIFY from another)."""
+        self._ensure_listener()
+        return await self.topics.wait(topics, timeout)
+
+    def _ensure_listener(self) -> None:
+        if self.dialect.name != "postgresql" or self._listener is not None:
+            return
+        self._listener = asyncio.get_running_loop().create_task(
+            self.dialect.listen(self.url, self.topics.notify), name="baton-listen"
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:  # pragma: no cover - debugging aid
+        async with self.engine.connect() as conn:
+            yield conn
+
+
+def _create_engine(url: str, dialect: Dialect) -> AsyncEngine:
+    if dialect.name == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": 5.0})
+        _install_sqlite_discipline(engine)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def _install_sqlite_discipline(engine: AsyncEngine) -> None:
+    """WAL, busy timeout, foreign keys, synchronous=FULL; BEGIN IMMEDIATE for every write.
+
+    pysqlite's own transaction handling is switched off so that SQLAlchemy's `begin` decides
+    how a transaction starts: a deferred BEGIN that later writes can fail with SQLITE_BUSY
+    without honouring busy_timeout, which IMMEDIATE avoids.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("baton_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _is_contention(error: exc.DBAPIError) -> bool:
+    message = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    if "database is locked" in message or "database is busy" in message or "database table is locked" in message:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate in {"40001", "40P01", "55P03"}
+
+
+def _is_unreachable(error: exc.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    message = str(error.orig).lower() if error.orig is not None else ""
+    return any(
+        marker in message
+        for marker in ("connection refused", "could not connect", "unable to open database", "connection failed", "timeout expired", "server closed")
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

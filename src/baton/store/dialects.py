@@ -1,0 +1,113 @@
+"""What differs between SQLite and PostgreSQL, behind one narrow Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, literal_column, text
+from sqlalchemy.sql.elements import ColumnElement
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "baton_v1"
+
+
+class Dialect(Protocol):
+    name: str
+
+    def now(self) -> ColumnElement[float]:
+        """The database clock as UTC epoch seconds: the only clock leases are judged by."""
+
+    def lock_clause(self) -> str:
+        """The suffix that locks claim candidates without waiting on other claimers."""
+
+    def transaction_marker(self, conn: Connection) -> int:
+        """An id of the writing transaction that orders commits for readers of the global log."""
+
+    def visible_horizon(self, conn: Connection) -> int | None:
+        """Every transaction with a marker below this has ended; None when commits are serial."""
+
+    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
+        """Tell other processes, at commit, that these topics changed."""
+
+    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
+        """Call `on_topics` for every notification from other processes, until cancelled."""
+
+
+class SqliteDialect:
+    name = "sqlite"
+
+    def now(self) -> ColumnElement[float]:
+        # julianday keeps sub-second precision on every SQLite version (unixepoch('subsec') is 3.42+).
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+    def lock_clause(self) -> str:
+        return ""  # BEGIN IMMEDIATE already makes the claimer the only writer
+
+    def transaction_marker(self, conn: Connection) -> int:
+        return 0
+
+    def visible_horizon(self, conn: Connection) -> int | None:
+        return None
+
+    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
+        return None  # other processes poll; this one is woken in memory
+
+    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
+        await asyncio.Event().wait()
+
+
+class PostgresDialect:
+    name = "postgresql"
+
+    def now(self) -> ColumnElement[float]:
+        return literal_column("extract(epoch from clock_timestamp())::float8")
+
+    def lock_clause(self) -> str:
+        return " FOR UPDATE OF steps SKIP LOCKED"
+
+    def transaction_marker(self, conn: Connection) -> int:
+        cached = conn.info.get("baton_tx")
+        if cached is None:
+            cached = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
+            conn.info["baton_tx"] = cached
+        return int(cached)
+
+    def visible_horizon(self, conn: Connection) -> int | None:
+        return int(conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one())
+
+    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
+        payload = " ".join(sorted(set(topics)))
+        if payload:
+            conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]})
+
+    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
+        import psycopg
+
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                    await aconn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    # A reconnect may have missed notifications: wake every waiter once.
+                    on_topics(["*"])
+                    async for note in aconn.notifies():
+                        on_topics(note.payload.split())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away: listen again once it is back
+                logger.warning("LISTEN connection lost (%s); reconnecting", exc, extra={"action": "store.listen_lost"})
+                await asyncio.sleep(1.0)
+
+
+def dialect_for(url: str) -> Dialect:
+    if url.startswith("sqlite"):
+        return SqliteDialect()
+    if url.startswith("postgresql"):
+        return PostgresDialect()
+    raise ValueError(url)
+
+

@@ -1,0 +1,126 @@
+"""Run rows by intent: insert, lock, guarded status change, look-ups and lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
+
+from baton.domain.status import RunStatus
+from baton.store.clock import db_now
+from baton.store.database import touch
+from baton.store.schema import runs
+
+
+def insert_run(conn: Connection, values: dict[str, Any]) -> None:
+    now = db_now(conn)
+    conn.execute(insert(runs).values(created_at=now, updated_at=now, **values))
+    touch(conn, "runs")
+
+
+def get_run(conn: Connection, run_id: str) -> Row[Any] | None:
+    return conn.execute(select(runs).where(runs.c.id == run_id)).first()
+
+
+def lock_run(conn: Connection, run_id: str) -> Row[Any] | None:
+    """Read the run and hold its row lock until the transaction ends (a write on both dialects)."""
+    return conn.execute(
+        update(runs).where(runs.c.id == run_id).values(updated_at=db_now(conn)).returning(*runs.c)
+    ).first()
+
+
+def transition_run(
+    conn: Connection, run_id: str, sources: Iterable[RunStatus], target: RunStatus, reason: str, **fields: Any
+) -> Row[Any] | None:
+    """`UPDATE … WHERE status IN (sources)`; None when the run was not in one of them."""
+    row = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.in_([s.value for s in sources]))
+        .values(status=target.value, status_reason=reason, updated_at=db_now(conn), **fields)
+        .returning(*runs.c)
+    ).first()
+    if row is not None:
+        touch(conn, "runs", f"run:{run_id}")
+    return row
+
+
+def update_run(conn: Connection, run_id: str, **fields: Any) -> None:
+    conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=db_now(conn), **fields))
+
+
+def find_by_idempotency_key(conn: Connection, scoped_key: str) -> Row[Any] | None:
+    return conn.execute(select(runs).where(runs.c.idempotency_key == scoped_key)).first()
+
+
+def active_runs_of_key(conn: Connection, key: str) -> list[Row[Any]]:
+    """Runs holding a slot of `key`: running or waiting for input, and not being cancelled."""
+    return list(
+        conn.execute(
+            select(runs).where(
+                runs.c.concurrency_key == key,
+                runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING_FOR_INPUT.value]),
+                runs.c.cancel_requested_at.is_(None),
+            )
+        )
+    )
+
+
+def queued_runs_of_key(conn: Connection, key: str) -> list[Row[Any]]:
+    """Queued runs of `key` in promotion order: higher priority first, then oldest."""
+    return list(
+        conn.execute(
+            select(runs)
+            .where(runs.c.concurrency_key == key, runs.c.status == RunStatus.QUEUED.value)
+            .order_by(runs.c.priority.desc(), runs.c.queued_at, runs.c.id)
+        )
+    )
+
+
+def keys_with_queued_runs(conn: Connection) -> list[str]:
+    return [r[0] for r in conn.execute(select(runs.c.concurrency_key).where(runs.c.status == "queued").distinct())]
+
+
+def runs_past_deadline(conn: Connection) -> list[Row[Any]]:
+    now = db_now(conn)
+    return list(
+        conn.execute(
+            select(runs.c.id).where(
+                runs.c.deadline_at.is_not(None),
+                runs.c.deadline_at < now,
+                runs.c.status.in_(["running", "waiting_for_input", "queued"]),
+            )
+        )
+    )
+
+
+def list_runs(
+    conn: Connection,
+    *,
+    project_id: str | None = None,
+    status: str | None = None,
+    flow: str | None = None,
+    q: str | None = None,
+    before: tuple[float, str] | None = None,
+    limit: int = 50,
+) -> list[Row[Any]]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    query = select(runs)
+    if project_id is not None:
+        query = query.where(runs.c.project_id == project_id)
+    if status:
+        query = query.where(runs.c.status == status)
+    if flow:
+        query = query.where(runs.c.flow == flow)
+    if q:
+        query = query.where(func.lower(runs.c.title).contains(q.lower()))
+    if before is not None:
+        created, run_id = before
+        query = query.where(
+            (runs.c.created_at < created) | ((runs.c.created_at == created) & (runs.c.id < run_id))
+        )
+    return list(conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)))
+
+
+def runs_in_status(conn: Connection, status: RunStatus) -> list[Row[Any]]:
+    return list(conn.execute(select(runs).where(runs.c.status == status.value)))

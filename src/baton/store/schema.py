@@ -1,0 +1,177 @@
+"""SQLAlchemy Core tables and indexes: one schema for SQLite and PostgreSQL.
+
+Timestamps are UTC seconds since the epoch as doubles, always taken from the database clock,
+so leases never depend on a worker's clock and both dialects compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite gives INTEGER PRIMARY KEY its rowid behaviour only for the exact type INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("flow", String(100), nullable=False),
+    Column("flow_version", String(40), nullable=False, server_default="1"),
+    Column("project_id", String(100), nullable=True),
+    Column("created_by", String(100), nullable=True),
+    Column("title", Text, nullable=False, server_default=""),
+    Column("band", String(20), nullable=True),
+    Column("source", JSON, nullable=True),
+    Column("inputs", JSON, nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("status_reason", Text, nullable=False, server_default=""),
+    Column("policy", JSON, nullable=False),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("concurrency_key", String(300), nullable=False),
+    Column("concurrency_limit", Integer, nullable=False, server_default="1"),
+    Column("concurrency_strategy", String(20), nullable=False, server_default="enqueue"),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("retry_of", String(40), nullable=True),
+    Column("forked_from", String(40), nullable=True),
+    Column("fork_step", String(100), nullable=True),
+    Column("cancel_requested_at", Float, nullable=True),
+    Column("timeout_s", Float, nullable=True),
+    Column("deadline_at", Float, nullable=True),
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    Column("result", JSON, nullable=True),
+    Column("report", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("queued_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_runs_project_created", "project_id", "created_at"),
+    Index("ix_runs_status_key", "status", "concurrency_key"),
+    Index("ix_runs_created", "created_at"),
+    # The key is stored already scoped to its project and user, so one unique index covers both.
+    Index("uq_runs_idempotency", "idempotency_key", unique=True),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(100), nullable=False),
+    Column("kind", String(10), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("needs", JSON, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("available_at", Float, nullable=False, server_default="0"),
+    Column("lease_token", String(40), nullable=True),
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("timeout_s", Float, nullable=True),
+    Column("deadline_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("output_ref", String(40), nullable=True),
+    Column("output_text", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("engine", String(200), nullable=True),
+    UniqueConstraint("run_id", "key"),
+    # The claim query: queued steps whose time has come, oldest first.
+    Index("ix_steps_claimable", "status", "available_at"),
+    Index("ix_steps_lease", "status", "lease_expires_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # PostgreSQL: the writing transaction's id, so readers can wait for every older transaction
+    # to end before moving past it (commit-ordered cursor). SQLite writes one at a time: 0.
+    Column("tx", BigInteger, nullable=False, server_default="0"),
+    Column("type", String(40), nullable=False),
+    Column("step_key", String(100), nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("run_id", "seq"),
+    Index("ix_events_tx_id", "tx", "id"),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_key", String(100), nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("name", String(200), nullable=False),
+    Column("media_type", String(100), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_artifacts_run", "run_id", "created_at"),
+)
+
+input_requests = Table(
+    "input_requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("step_key", String(100), nullable=False),
+    Column("project_id", String(100), nullable=True),
+    Column("prompt", Text, nullable=False),
+    Column("schema", JSON, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("answer", JSON, nullable=True),
+    Column("answered_by", String(100), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("answered_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Index("ix_input_requests_status", "status", "created_at"),
+    Index("ix_input_requests_run", "run_id"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("in_flight", Integer, nullable=False, server_default="0"),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+)
+
+__all__ = ["artifacts", "events", "input_requests", "metadata", "runs", "steps", "text", "workers"]

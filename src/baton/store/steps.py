@@ -1,0 +1,185 @@
+"""Step rows by intent: insert, claim under a lease, fenced writes, lease upkeep and expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, insert, select, text, update
+
+from baton.domain.ids import new_id, new_lease_token
+from baton.domain.status import StepStatus
+from baton.store.clock import db_now, dialect_of
+from baton.store.database import touch
+from baton.store.schema import runs, steps
+
+S = StepStatus
+
+
+def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert step rows (each with key, kind, needs, position, spec, max_attempts, status…)."""
+    if rows:
+        conn.execute(insert(steps), [{"id": new_id("stp"), "run_id": run_id, **row} for row in rows])
+
+
+def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
+    return list(conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)))
+
+
+def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
+    return conn.execute(select(steps).where(steps.c.id == step_id)).first()
+
+
+def set_steps_status(
+    conn: Connection, run_id: str, keys: Iterable[str], sources: Iterable[StepStatus], target: StepStatus, **fields: Any
+) -> list[str]:
+    """Guarded move of several steps of a run; returns the keys that moved."""
+    keys = list(keys)
+    if not keys:
+        return []
+    moved = conn.execute(
+        update(steps)
+        .where(
+            steps.c.run_id == run_id,
+            steps.c.key.in_(keys),
+            steps.c.status.in_([s.value for s in sources]),
+        )
+        .values(status=target.value, **fields)
+        .returning(steps.c.key)
+    ).scalars()
+    result = list(moved)
+    if target is S.QUEUED and result:
+        touch(conn, "steps")
+    return result
+
+
+_CLAIM_CANDIDATES = """
+SELECT steps.id FROM steps JOIN runs ON runs.id = steps.run_id
+WHERE steps.status = 'queued' AND steps.available_at <= :now
+  AND runs.status = 'running' AND runs.cancel_requested_at IS NULL{flows}
+ORDER BY steps.available_at, steps.id
+LIMIT :limit"""
+
+
+def claim_steps(
+    conn: Connection, worker_id: str, lease_s: float, limit: int, flows: Sequence[str] | None = None
+) -> list[Row[Any]]:
+    """Claim up to `limit` ready steps: attempt + 1, a fresh lease token, a lease on the DB clock.
+
+    PostgreSQL locks candidates with SKIP LOCKED so claimers never wait on each other; SQLite's
+    BEGIN IMMEDIATE makes this transaction the only writer. A cancelled run's steps are never
+    claimed, since its row no longer matches.
+    """
+    now = db_now(conn)
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    flow_filter = ""
+    if flows is not None and not flows:
+        return []
+    if flows is not None:
+        # A worker only claims steps of flows it has loaded; others are left for other workers.
+        names = sorted(flows)
+        flow_filter = " AND runs.flow IN (" + ", ".join(f":flow{i}" for i in range(len(names))) + ")"
+        params.update({f"flow{i}": name for i, name in enumerate(names)})
+    query = _CLAIM_CANDIDATES.format(flows=flow_filter) + dialect_of(conn).lock_clause()
+    candidates = list(conn.execute(text(query), params).scalars())
+    claimed = []
+    for step_id in candidates:
+        row = conn.execute(
+            update(steps)
+            .where(steps.c.id == step_id, steps.c.status == S.QUEUED.value)
+            .values(
+                status=S.RUNNING.value,
+                attempt=steps.c.attempt + 1,
+                lease_token=new_lease_token(),
+                claimed_by=worker_id,
+                lease_expires_at=now + lease_s,
+                # The reaper's backstop for a worker that heartbeats but never ends the step.
+                deadline_at=case((steps.c.timeout_s.is_not(None), now + steps.c.timeout_s + lease_s), else_=None),
+                heartbeat_at=now,
+                started_at=now,
+                finished_at=None,
+                error=None,
+            )
+            .returning(*steps.c)
+        ).first()
+        if row is not None:
+            claimed.append(row)
+    return claimed
+
+
+def hold_lease(conn: Connection, step_id: str, token: str) -> Row[Any] | None:
+    """The fence: lock the step iff `token` is still its live lease; None means the lease is lost."""
+    return conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.lease_token == token, steps.c.status == S.RUNNING.value)
+        .values(heartbeat_at=db_now(conn))
+        .returning(*steps.c)
+    ).first()
+
+
+def finish_step(conn: Connection, step_id: str, token: str, target: StepStatus, **fields: Any) -> Row[Any] | None:
+    """Record a running step's end, only while `token` is still its lease."""
+    return conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.lease_token == token, steps.c.status == S.RUNNING.value)
+        .values(status=target.value, finished_at=db_now(conn), lease_expires_at=None, **fields)
+        .returning(*steps.c)
+    ).first()
+
+
+def extend_leases(conn: Connection, worker_id: str, tokens: Sequence[str], lease_s: float) -> list[Row[Any]]:
+    """One statement for every in-flight step of a worker; returns the leases still held.
+
+    A lease never extends past the step's own deadline, so a stuck step still times out.
+    """
+    if not tokens:
+        return []
+    now = db_now(conn)
+    return list(
+        conn.execute(
+            update(steps)
+            .where(steps.c.claimed_by == worker_id, steps.c.lease_token.in_(list(tokens)), steps.c.status == "running")
+            .values(lease_expires_at=now + lease_s, heartbeat_at=now)
+            .returning(steps.c.id, steps.c.lease_token, steps.c.run_id)
+        )
+    )
+
+
+def cancel_requested_runs(conn: Connection, run_ids: Sequence[str]) -> set[str]:
+    if not run_ids:
+        return set()
+    rows = conn.execute(
+        select(runs.c.id).where(runs.c.id.in_(list(set(run_ids))), runs.c.cancel_requested_at.is_not(None))
+    ).scalars()
+    return set(rows)
+
+
+def expired_leases(conn: Connection, limit: int = 100) -> list[Row[Any]]:
+    """Running steps whose lease ran out, or whose own deadline passed, on the database clock."""
+    now = db_now(conn)
+    return list(
+        conn.execute(
+            select(steps)
+            .where(
+                steps.c.status == S.RUNNING.value,
+                (steps.c.lease_expires_at < now) | (steps.c.deadline_at < now),
+            )
+            .limit(limit)
+        )
+    )
+
+
+def running_steps_of_run(conn: Connection, run_id: str) -> list[Row[Any]]:
+    return list(conn.execute(select(steps).where(steps.c.run_id == run_id, steps.c.status == S.RUNNING.value)))
+
+
+def next_available_at(conn: Connection) -> float | None:
+    """When the earliest queued step becomes claimable (for a worker's sleep)."""
+    value = conn.execute(
+        select(steps.c.available_at)
+        .join(runs, runs.c.id == steps.c.run_id)
+        .where(steps.c.status == S.QUEUED.value, runs.c.status == "running")
+        .order_by(steps.c.available_at)
+        .limit(1)
+    ).scalar()
+    return float(value) if value is not None else None
