@@ -28,7 +28,9 @@ class OfflineEngine(Engine):
 
 def compose(request: StepRequest) -> str:
     seed = hashlib.sha256(
-        json.dumps([request.agent, request.prompt, dict(request.inputs)], sort_keys=True, default=str).encode()
+        json.dumps(
+            [request.agent, request.prompt, dict(request.inputs)], sort_keys=True, default=str
+        ).encode()
     ).hexdigest()[:8]
     lines = [f"**{request.agent}** (offline engine, deterministic #{seed})", ""]
     if request.prompt:

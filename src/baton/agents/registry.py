@@ -38,7 +38,9 @@ def resolve_engine(spec: str, functions: Mapping[str, Callable[..., Any]] | None
         _, _, target = spec.partition(":")
         module_name, _, attr = target.partition(":")
         if not module_name or not attr:
-            raise StepFailed(f"engine {spec!r} is not valid: write python:package.module:function", retryable=False)
+            raise StepFailed(
+                f"engine {spec!r} is not valid: write python:package.module:function", retryable=False
+            )
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as error:

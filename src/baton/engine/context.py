@@ -53,7 +53,9 @@ class RunningStep:
     def cancelled(self) -> bool:
         return self.cancel_reason is not None
 
-    async def run_command(self, args: Sequence[str], *, cwd: str | None = None, grace_s: float = 5.0) -> CommandResult:
+    async def run_command(
+        self, args: Sequence[str], *, cwd: str | None = None, grace_s: float = 5.0
+    ) -> CommandResult:
         """Run a subprocess whose stdout streams as deltas; cancelling the step stops its group."""
         return await run_command(args, on_line=self.emit, cwd=cwd, grace_s=grace_s)
 

@@ -35,7 +35,9 @@ class LeaseLostError(Exception):
     """Raised into a step task when the worker learns it no longer holds the lease."""
 
 
-def load_step_inputs(conn: Connection, run_id: str, needs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_step_inputs(
+    conn: Connection, run_id: str, needs: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's inputs and the outputs of the steps this one needs (large ones read from artifacts)."""
     run = run_store.get_run(conn, run_id)
     assert run is not None
@@ -83,10 +85,14 @@ class StepExecution:
                     await flusher
             if not await self._flush():
                 return
-            await self._shielded(step_results.record_success, claim, output, list(self.ctx.artifacts), self.flows)
+            await self._shielded(
+                step_results.record_success, claim, output, list(self.ctx.artifacts), self.flows
+            )
         except asyncio.CancelledError:
             if self.lost:
-                logger.warning("Lost the lease of %s; stopped it", claim.key, extra=self._extra("step.lease_lost"))
+                logger.warning(
+                    "Lost the lease of %s; stopped it", claim.key, extra=self._extra("step.lease_lost")
+                )
                 return
             if self.cancel_reason is not None:
                 await self._shielded(step_results.record_cancelled, claim, self.cancel_reason, self.flows)
@@ -163,4 +169,9 @@ class StepExecution:
             self.task.cancel()
 
     def _extra(self, action: str) -> dict[str, Any]:
-        return {"action": action, "run_id": self.claim.run_id, "step_key": self.claim.key, "attempt": self.claim.attempt}
+        return {
+            "action": action,
+            "run_id": self.claim.run_id,
+            "step_key": self.claim.key,
+            "attempt": self.claim.attempt,
+        }

@@ -131,7 +131,11 @@ class Lifecycle:
                 },
             )
             step_store.insert_steps(conn, run_id, rows)
-            drafts = [EventDraft("run.created", {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of})]
+            drafts = [
+                EventDraft(
+                    "run.created", {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of}
+                )
+            ]
             run = run_store.get_run(conn, run_id)
             assert run is not None
             if not needs_confirmation:
@@ -163,11 +167,14 @@ class Lifecycle:
         if strategy == "reject":
             raise ConcurrencyLimitReached(
                 f"concurrency key {key!r} already has {len(active)} active run(s) of {limit} allowed "
-                f"({', '.join(r.id for r in active)}); wait for it to finish, cancel it, or use strategy 'enqueue'"
+                f"({', '.join(r.id for r in active)}); wait for it to finish, cancel it, "
+                "or use strategy 'enqueue'"
             )
         if strategy == "cancel_new":
             return progress.finish_run(
-                conn, run, self.flows,
+                conn,
+                run,
+                self.flows,
                 progress.Finish(False, f"cancelled: concurrency key {key!r} is full (strategy cancel_new)"),
                 status=R.CANCELLED,
             )
@@ -176,7 +183,13 @@ class Lifecycle:
             for other in active:
                 locked = run_store.lock_run(conn, other.id)
                 if locked is not None:
-                    append_events(conn, other.id, self._request_cancel(conn, locked, f"cancelled by newer run {run.id} (strategy cancel_running)"))
+                    append_events(
+                        conn,
+                        other.id,
+                        self._request_cancel(
+                            conn, locked, f"cancelled by newer run {run.id} (strategy cancel_running)"
+                        ),
+                    )
             return drafts + progress.start_run(conn, run, self.flows)
         reason = f"waiting for a concurrency slot ({len(active)} of {limit} active for {key})"
         run_store.update_run(conn, run.id, status_reason=reason, queued_at=run.queued_at or db_now(conn))
@@ -189,7 +202,9 @@ class Lifecycle:
             run = self._lock(conn, run_id)
             if run.status != R.NEEDS_CONFIRMATION:
                 raise IllegalTransition(run_id, run.status, R.QUEUED, "confirm run")
-            moved = run_store.transition_run(conn, run_id, [R.NEEDS_CONFIRMATION], R.QUEUED, "queued", queued_at=db_now(conn))
+            moved = run_store.transition_run(
+                conn, run_id, [R.NEEDS_CONFIRMATION], R.QUEUED, "queued", queued_at=db_now(conn)
+            )
             assert moved is not None
             drafts = [EventDraft("run.confirmed", {"by": by})] + self._admit(conn, moved)
             append_events(conn, run_id, drafts)
@@ -208,7 +223,9 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, run_id)
-            if run.status == R.CANCELLED or (run.cancel_requested_at is not None and run.status not in TERMINAL_RUN_STATUSES):
+            if run.status == R.CANCELLED or (
+                run.cancel_requested_at is not None and run.status not in TERMINAL_RUN_STATUSES
+            ):
                 return self._snapshot(conn, run_id)
             if run.status in TERMINAL_RUN_STATUSES:
                 raise IllegalTransition(run_id, run.status, R.CANCELLED, "cancel run")
@@ -222,9 +239,13 @@ class Lifecycle:
         touch(conn, "cancel", f"run:{run.id}")
         locked = run_store.get_run(conn, run.id)
         assert locked is not None
-        return [EventDraft("run.cancel_requested", {"reason": reason})] + progress.settle_cancel(conn, locked, self.flows)
+        return [EventDraft("run.cancel_requested", {"reason": reason})] + progress.settle_cancel(
+            conn, locked, self.flows
+        )
 
-    async def retry(self, run_id: str, *, by: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+    async def retry(
+        self, run_id: str, *, by: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """A new run with the same flow, inputs and settings; `retry_of` points back."""
         old = await self.db.read(run_store.get_run, run_id)
         if old is None:
@@ -263,15 +284,30 @@ class Lifecycle:
                 if row.key in again:
                     budget = int((row.spec or {}).get("max_attempts") or row.max_attempts)
                     step_store.set_steps_status(
-                        conn, run_id, [row.key], [S.FAILED, S.CANCELLED], S.PENDING,
-                        max_attempts=row.attempt + budget, error=None,
+                        conn,
+                        run_id,
+                        [row.key],
+                        [S.FAILED, S.CANCELLED],
+                        S.PENDING,
+                        max_attempts=row.attempt + budget,
+                        error=None,
                     )
             moved = run_store.transition_run(
-                conn, run_id, [R.FAILED], R.QUEUED, "queued", queued_at=db_now(conn),
-                finished_at=None, result=None, report=None, cancel_requested_at=None,
+                conn,
+                run_id,
+                [R.FAILED],
+                R.QUEUED,
+                "queued",
+                queued_at=db_now(conn),
+                finished_at=None,
+                result=None,
+                report=None,
+                cancel_requested_at=None,
             )
             assert moved is not None
-            drafts = [EventDraft("run.resumed", {"by": by, "steps": sorted(again)})] + self._admit(conn, moved)
+            drafts = [EventDraft("run.resumed", {"by": by, "steps": sorted(again)})] + self._admit(
+                conn, moved
+            )
             append_events(conn, run_id, drafts)
             return self._snapshot(conn, run_id)
 
@@ -285,7 +321,9 @@ class Lifecycle:
         if source is None:
             raise NotFound(f"run {run_id} not found")
         flow = self.catalog.get(source.flow)
-        new_inputs = validate_inputs(flow.input_schema, inputs if inputs is not None else source.inputs, flow=flow.name)
+        new_inputs = validate_inputs(
+            flow.input_schema, inputs if inputs is not None else source.inputs, flow=flow.name
+        )
         new_run_id = new_id("run")
 
         def body(conn: Connection) -> dict[str, Any]:
@@ -313,12 +351,24 @@ class Lifecycle:
                 new_run_id,
                 [
                     {
-                        "key": r.key, "kind": r.kind, "needs": r.needs, "position": r.position, "spec": r.spec,
-                        "max_attempts": r.max_attempts, "engine": r.engine, "timeout_s": r.timeout_s,
+                        "key": r.key,
+                        "kind": r.kind,
+                        "needs": r.needs,
+                        "position": r.position,
+                        "spec": r.spec,
+                        "max_attempts": r.max_attempts,
+                        "engine": r.engine,
+                        "timeout_s": r.timeout_s,
                         **(
-                            {"status": S.SUCCEEDED.value, "output": r.output, "output_ref": r.output_ref,
-                             "output_text": r.output_text, "attempt": r.attempt, "started_at": r.started_at,
-                             "finished_at": r.finished_at}
+                            {
+                                "status": S.SUCCEEDED.value,
+                                "output": r.output,
+                                "output_ref": r.output_ref,
+                                "output_text": r.output_text,
+                                "attempt": r.attempt,
+                                "started_at": r.started_at,
+                                "finished_at": r.finished_at,
+                            }
                             if r.key in copy
                             else {"status": S.PENDING.value}
                         ),
@@ -330,7 +380,9 @@ class Lifecycle:
             assert run is not None
             drafts = [
                 EventDraft("run.created", {"flow": flow.name, "forked_from": run_id, "from_step": from_step}),
-                EventDraft("run.forked", {"forked_from": run_id, "from_step": from_step, "copied": sorted(copy)}),
+                EventDraft(
+                    "run.forked", {"forked_from": run_id, "from_step": from_step, "copied": sorted(copy)}
+                ),
             ]
             drafts += self._admit(conn, run)
             append_events(conn, new_run_id, drafts)
@@ -356,13 +408,24 @@ class Lifecycle:
             answered = input_store.answer_request(conn, request_id, answer, by)
             if answered is None:
                 current = input_store.get_request(conn, request_id)
-                raise Conflict(f"input request {request_id} is {current.status if current else 'gone'}: it takes no more answers")
+                raise Conflict(
+                    f"input request {request_id} is {current.status if current else 'gone'}: "
+                    "it takes no more answers"
+                )
             step_store.set_steps_status(
-                conn, run.id, [answered.step_key], [S.WAITING], S.SUCCEEDED, output=answer, finished_at=db_now(conn)
+                conn,
+                run.id,
+                [answered.step_key],
+                [S.WAITING],
+                S.SUCCEEDED,
+                output=answer,
+                finished_at=db_now(conn),
             )
             step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
             drafts = [
-                EventDraft("input.answered", {"request_id": request_id, "by": by}, step_key=answered.step_key),
+                EventDraft(
+                    "input.answered", {"request_id": request_id, "by": by}, step_key=answered.step_key
+                ),
                 EventDraft("step.succeeded", {"by": by}, step_key=answered.step_key),
             ]
             drafts += progress.advance_run(conn, run, self.flows, finished=step)
@@ -397,6 +460,16 @@ class Lifecycle:
 
 
 _FORK_KEEP = {
-    "flow", "flow_version", "project_id", "title", "band", "source", "policy", "concurrency_key",
-    "concurrency_limit", "concurrency_strategy", "priority", "timeout_s",
+    "flow",
+    "flow_version",
+    "project_id",
+    "title",
+    "band",
+    "source",
+    "policy",
+    "concurrency_key",
+    "concurrency_limit",
+    "concurrency_strategy",
+    "priority",
+    "timeout_s",
 }

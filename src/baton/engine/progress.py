@@ -78,7 +78,9 @@ def step_rows_for(specs: Sequence[StepSpec], first_position: int) -> list[dict[s
 Flows = Mapping[str, Flow]
 
 
-def advance_run(conn: Connection, run: Row[Any], flows: Flows, finished: Row[Any] | None = None) -> list[EventDraft]:
+def advance_run(
+    conn: Connection, run: Row[Any], flows: Flows, finished: Row[Any] | None = None
+) -> list[EventDraft]:
     """Move a running (or waiting) run on after a change; the caller holds the run lock."""
     if run.cancel_requested_at is not None:
         return settle_cancel(conn, run, flows)
@@ -96,7 +98,9 @@ def advance_run(conn: Connection, run: Row[Any], flows: Flows, finished: Row[Any
             return drafts + finish_run(conn, run, flows, expansion.finish)
     plan = scheduler.advance([step_view(r) for r in rows])
     if plan.queue:
-        step_store.set_steps_status(conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=db_now(conn))
+        step_store.set_steps_status(
+            conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=db_now(conn)
+        )
         drafts += [EventDraft("step.queued", step_key=key) for key in plan.queue]
     by_key = {r.key: r for r in rows}
     for key in plan.wait:
@@ -134,7 +138,12 @@ def finish_run(
     """End a run: stop what is left, render the report, record the result, free the slot."""
     target = status or (R.SUCCEEDED if finish.succeeded else R.FAILED)
     leftovers = step_store.set_steps_status(
-        conn, run.id, _keys(conn, run.id), [S.PENDING, S.QUEUED, S.RUNNING, S.WAITING], S.CANCELLED, lease_expires_at=None
+        conn,
+        run.id,
+        _keys(conn, run.id),
+        [S.PENDING, S.QUEUED, S.RUNNING, S.WAITING],
+        S.CANCELLED,
+        lease_expires_at=None,
     )
     input_store.close_requests_of_run(conn, run.id)
     now = db_now(conn)
@@ -158,7 +167,11 @@ def finish_run(
     if moved is None:
         return []
     drafts = [EventDraft("step.cancelled", {"reason": finish.reason}, step_key=k) for k in leftovers]
-    drafts.append(EventDraft("artifact.created", {"artifact_id": artifact["id"], "name": "report.md", "size": artifact["size"]}))
+    drafts.append(
+        EventDraft(
+            "artifact.created", {"artifact_id": artifact["id"], "name": "report.md", "size": artifact["size"]}
+        )
+    )
     drafts.append(EventDraft(f"run.{target.value}", {"reason": finish.reason}))  # type: ignore[arg-type]
     promote_key(conn, run.concurrency_key, flows)
     return drafts
@@ -175,7 +188,12 @@ def settle_cancel(conn: Connection, run: Row[Any], flows: Flows) -> list[EventDr
     input_store.close_requests_of_run(conn, run.id)
     reason = run.status_reason if run.status_reason.startswith("cancelled") else "cancelled"
     moved = run_store.transition_run(
-        conn, run.id, [R.RUNNING, R.WAITING_FOR_INPUT, R.QUEUED, R.NEEDS_CONFIRMATION], R.CANCELLED, reason, finished_at=db_now(conn)
+        conn,
+        run.id,
+        [R.RUNNING, R.WAITING_FOR_INPUT, R.QUEUED, R.NEEDS_CONFIRMATION],
+        R.CANCELLED,
+        reason,
+        finished_at=db_now(conn),
     )
     if moved is not None:
         drafts.append(EventDraft("run.cancelled", {"reason": reason}))
@@ -209,14 +227,22 @@ def start_run(conn: Connection, run: Row[Any], flows: Flows) -> list[EventDraft]
     now = db_now(conn)
     deadline = now + run.timeout_s if run.timeout_s else None
     moved = run_store.transition_run(
-        conn, run.id, [R.QUEUED, R.NEEDS_CONFIRMATION, R.FAILED], R.RUNNING, "running",
-        started_at=run.started_at or now, deadline_at=deadline, finished_at=None,
+        conn,
+        run.id,
+        [R.QUEUED, R.NEEDS_CONFIRMATION, R.FAILED],
+        R.RUNNING,
+        "running",
+        started_at=run.started_at or now,
+        deadline_at=deadline,
+        finished_at=None,
     )
     if moved is None:
         return []
     drafts = [EventDraft("run.started", {})]
     if run.flow not in flows:
-        logger.warning("flow %s of run %s is not loaded here; its steps wait for a worker that has it", run.flow, run.id)
+        logger.warning(
+            "flow %s of run %s is not loaded here; its steps wait for a worker that has it", run.flow, run.id
+        )
         rows = step_store.load_steps(conn, run.id)
         plan = scheduler.advance([step_view(r) for r in rows])
         step_store.set_steps_status(conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=now)
@@ -230,7 +256,9 @@ def _keys(conn: Connection, run_id: str) -> list[str]:
 
 def _spec_of(row: Row[Any]) -> StepSpec:
     spec = row.spec or {}
-    return StepSpec(key=row.key, kind=StepKind(row.kind), needs=tuple(row.needs or ()), handler=spec.get("handler"))
+    return StepSpec(
+        key=row.key, kind=StepKind(row.kind), needs=tuple(row.needs or ()), handler=spec.get("handler")
+    )
 
 
 def _report_step(row: Row[Any]) -> dict[str, Any]:

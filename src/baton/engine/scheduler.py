@@ -116,7 +116,7 @@ def fork_plan(steps: Sequence[StepView], from_step: str) -> tuple[set[str], set[
 
 
 def retry_delay(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
-    """Exponential backoff before attempt `attempt + 1`: base, 2×base, 4×base… capped."""
+    """Exponential backoff before attempt `attempt + 1`: base, 2 x base, 4 x base… capped."""
     if base_s <= 0:
         return 0.0
     return float(min(cap_s, base_s * (2 ** max(0, attempt - 1))))

@@ -67,7 +67,9 @@ def claim_with_events(
     claimed = []
     for row in rows:
         append_events(
-            conn, row.run_id, [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)]
+            conn,
+            row.run_id,
+            [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)],
         )
         run = run_store.get_run(conn, row.run_id)
         claimed.append(SimpleNamespace(**row._mapping, flow=run.flow if run is not None else None))
@@ -87,8 +89,13 @@ def record_success(
     if len(encoded) > INLINE_OUTPUT_BYTES:
         # A large output is stored once as an artifact; events and the run row stay small.
         stored = artifact_store.insert_artifact(
-            conn, claim.run_id, f"{claim.key}.output.json", encoded.encode(), "application/json",
-            step_key=claim.key, attempt=claim.attempt,
+            conn,
+            claim.run_id,
+            f"{claim.key}.output.json",
+            encoded.encode(),
+            "application/json",
+            step_key=claim.key,
+            attempt=claim.attempt,
         )
         fields["output_ref"] = stored["id"]
         drafts.append(_artifact_event(stored, claim))
@@ -101,7 +108,13 @@ def record_success(
         return False
     for draft in artifacts:
         stored = artifact_store.insert_artifact(
-            conn, claim.run_id, draft.name, draft.content, draft.media_type, step_key=claim.key, attempt=claim.attempt
+            conn,
+            claim.run_id,
+            draft.name,
+            draft.content,
+            draft.media_type,
+            step_key=claim.key,
+            attempt=claim.attempt,
         )
         drafts.append(_artifact_event(stored, claim))
     preview = output_text(output)[:2000] if len(encoded) <= INLINE_OUTPUT_BYTES else None
@@ -133,14 +146,30 @@ def record_failure(
     if retryable and step.attempt < step.max_attempts and run.cancel_requested_at is None:
         delay = scheduler.retry_delay(step.attempt, float((step.spec or {}).get("backoff_s") or 0))
         step_store.finish_step(
-            conn, claim.step_id, claim.token, S.QUEUED, error=error, available_at=db_now(conn) + delay, lease_token=None
+            conn,
+            claim.step_id,
+            claim.token,
+            S.QUEUED,
+            error=error,
+            available_at=db_now(conn) + delay,
+            lease_token=None,
         )
-        append_events(conn, claim.run_id, [
-            EventDraft("step.retrying", {"error": error, "delay_s": delay, "next_attempt": step.attempt + 1},
-                       step_key=claim.key, attempt=claim.attempt)
-        ])
+        append_events(
+            conn,
+            claim.run_id,
+            [
+                EventDraft(
+                    "step.retrying",
+                    {"error": error, "delay_s": delay, "next_attempt": step.attempt + 1},
+                    step_key=claim.key,
+                    attempt=claim.attempt,
+                )
+            ],
+        )
         return True
-    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.FAILED, error=error, lease_token=None)
+    finished = step_store.finish_step(
+        conn, claim.step_id, claim.token, S.FAILED, error=error, lease_token=None
+    )
     drafts = [EventDraft("step.failed", {"error": error}, step_key=claim.key, attempt=claim.attempt)]
     locked = run_store.get_run(conn, claim.run_id)
     assert locked is not None and finished is not None
@@ -154,7 +183,9 @@ def record_cancelled(conn: Connection, claim: Claim, reason: str, flows: progres
     run = run_store.lock_run(conn, claim.run_id)
     if run is None:
         return False
-    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.CANCELLED, error=reason, lease_token=None)
+    finished = step_store.finish_step(
+        conn, claim.step_id, claim.token, S.CANCELLED, error=reason, lease_token=None
+    )
     if finished is None:
         return False
     drafts = [EventDraft("step.cancelled", {"reason": reason}, step_key=claim.key, attempt=claim.attempt)]
@@ -185,18 +216,32 @@ def reap(conn: Connection, flows: progress.Flows, limit: int = 100) -> int:
         now = db_now(conn)
         timed_out = step.deadline_at is not None and step.deadline_at < now
         reason = "timed out" if timed_out else f"worker lost: lease of {step.claimed_by} expired"
-        drafts = [EventDraft("step.lease_expired", {"worker": step.claimed_by, "reason": reason},
-                             step_key=step.key, attempt=step.attempt)]
+        drafts = [
+            EventDraft(
+                "step.lease_expired",
+                {"worker": step.claimed_by, "reason": reason},
+                step_key=step.key,
+                attempt=step.attempt,
+            )
+        ]
         if run.cancel_requested_at is not None:
-            step_store.finish_step(conn, step.id, step.lease_token, S.CANCELLED, error="run cancelled", lease_token=None)
+            step_store.finish_step(
+                conn, step.id, step.lease_token, S.CANCELLED, error="run cancelled", lease_token=None
+            )
             drafts += progress.settle_cancel(conn, run, flows)
         elif step.attempt < step.max_attempts:
-            step_store.finish_step(conn, step.id, step.lease_token, S.QUEUED, error=reason, available_at=now, lease_token=None)
+            step_store.finish_step(
+                conn, step.id, step.lease_token, S.QUEUED, error=reason, available_at=now, lease_token=None
+            )
             drafts.append(EventDraft("step.queued", {"reason": reason}, step_key=step.key))
         else:
             error = f"{reason} after {step.attempt} attempt(s)"
-            finished = step_store.finish_step(conn, step.id, step.lease_token, S.FAILED, error=error, lease_token=None)
-            drafts.append(EventDraft("step.failed", {"error": error}, step_key=step.key, attempt=step.attempt))
+            finished = step_store.finish_step(
+                conn, step.id, step.lease_token, S.FAILED, error=error, lease_token=None
+            )
+            drafts.append(
+                EventDraft("step.failed", {"error": error}, step_key=step.key, attempt=step.attempt)
+            )
             if finished is not None:
                 drafts += progress.advance_run(conn, run, flows, finished=finished)
         append_events(conn, step.run_id, drafts)
@@ -230,18 +275,34 @@ def repair_running_runs(conn: Connection, flows: progress.Flows) -> int:
 
 def _record_stale(conn: Connection, claim: Claim) -> None:
     logger.warning(
-        "Discarding stale result of %s attempt %s", claim.key, claim.attempt,
+        "Discarding stale result of %s attempt %s",
+        claim.key,
+        claim.attempt,
         extra={"action": "step.stale_result", "run_id": claim.run_id, "step_key": claim.key},
     )
-    append_events(conn, claim.run_id, [
-        EventDraft("step.stale_result", {"reason": "lease lost before completion"}, step_key=claim.key, attempt=claim.attempt)
-    ])
+    append_events(
+        conn,
+        claim.run_id,
+        [
+            EventDraft(
+                "step.stale_result",
+                {"reason": "lease lost before completion"},
+                step_key=claim.key,
+                attempt=claim.attempt,
+            )
+        ],
+    )
 
 
 def _artifact_event(stored: dict[str, Any], claim: Claim) -> EventDraft:
     return EventDraft(
         "artifact.created",
-        {"artifact_id": stored["id"], "name": stored["name"], "size": stored["size"], "media_type": stored["media_type"]},
+        {
+            "artifact_id": stored["id"],
+            "name": stored["name"],
+            "size": stored["size"],
+            "media_type": stored["media_type"],
+        },
         step_key=claim.key,
         attempt=claim.attempt,
     )

@@ -116,7 +116,8 @@ class Worker:
         execution = StepExecution(self.db, self.flows, row, self.flows[row.flow])
         execution.task = asyncio.create_task(execution.run(), name=f"baton-step-{row.key}")
         self.in_flight[row.lease_token] = execution
-        execution.task.add_done_callback(lambda _t, token=row.lease_token: self._finished(token))
+        token: str = row.lease_token
+        execution.task.add_done_callback(lambda _task: self._finished(token))
 
     def _finished(self, token: str) -> None:
         execution = self.in_flight.pop(token, None)
@@ -145,21 +146,23 @@ class Worker:
                 held = await self.db.write(_heartbeat, self.id, tokens, self.settings.lease_s)
                 last_ok = time.monotonic()
             except BatonError as error:
-                self.logger.warning("heartbeat failed: %s", error, extra={"action": "worker.heartbeat_failed"})
+                self.logger.warning(
+                    "heartbeat failed: %s", error, extra={"action": "worker.heartbeat_failed"}
+                )
                 if time.monotonic() - last_ok > self.settings.lease_s:
                     # Our leases have surely expired: stop the work someone else may now own.
-                    for execution in list(self.in_flight.values()):
-                        execution.cancel(lost=True)
+                    for stale in list(self.in_flight.values()):
+                        stale.cancel(lost=True)
                 continue
             held_tokens, cancelled_runs = held
             for token in tokens:
-                execution = self.in_flight.get(token)
-                if execution is None:
+                current = self.in_flight.get(token)
+                if current is None:
                     continue
                 if token not in held_tokens:
-                    execution.cancel(lost=True)
-                elif execution.claim.run_id in cancelled_runs:
-                    execution.cancel(reason="run cancelled")
+                    current.cancel(lost=True)
+                elif current.claim.run_id in cancelled_runs:
+                    current.cancel(reason="run cancelled")
 
     async def _reap_forever(self) -> None:
         while True:
@@ -187,7 +190,9 @@ class Worker:
             await asyncio.wait(pending, timeout=5)
 
 
-def _heartbeat(conn: Connection, worker_id: str, tokens: list[str], lease_s: float) -> tuple[set[str], set[str]]:
+def _heartbeat(
+    conn: Connection, worker_id: str, tokens: list[str], lease_s: float
+) -> tuple[set[str], set[str]]:
     held = step_store.extend_leases(conn, worker_id, tokens, lease_s)
     worker_store.beat(conn, worker_id, len(tokens))
     cancelled = step_store.cancel_requested_runs(conn, [r.run_id for r in held])

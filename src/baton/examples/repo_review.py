@@ -80,7 +80,10 @@ def collect(ctx: StepContext) -> dict[str, Any]:
 def _git_log(root: Path) -> list[str]:
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "log", "--oneline", "-n", "5"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(root), "log", "--oneline", "-n", "5"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return []

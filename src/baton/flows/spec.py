@@ -68,7 +68,8 @@ StepFunction = Callable[..., Any]
 
 DEFAULT_REPORT = """# {{ run.title or run.flow }}
 
-Flow **{{ run.flow }}** · run `{{ run.id }}` · {{ run.status }}{% if run.status_reason %} ({{ run.status_reason }}){% endif %}
+Flow **{{ run.flow }}** · run `{{ run.id }}` · {{ run.status }}
+{%- if run.status_reason %} ({{ run.status_reason }}){% endif %}
 
 {% for step in steps %}## {{ step.key }} — {{ step.status }}
 
@@ -105,7 +106,9 @@ class Flow:
         if not _KEY.match(self.name):
             raise InvalidFlow(f"flow name {self.name!r} is not valid: use letters, digits, '_', '.', '-'")
         if self.category not in CATEGORIES:
-            raise InvalidFlow(f"flow {self.name}: category {self.category!r} is not one of {', '.join(CATEGORIES)}")
+            raise InvalidFlow(
+                f"flow {self.name}: category {self.category!r} is not one of {', '.join(CATEGORIES)}"
+            )
 
     # --- declaring -----------------------------------------------------------------------
 
@@ -207,7 +210,9 @@ class Flow:
         """Add a step, refusing a duplicate key, an unknown need or a cycle."""
         validate_new_steps(self.steps, [spec], flow=self.name)
         if spec.kind is StepKind.CODE and spec.handler not in self.functions:
-            raise InvalidFlow(f"flow {self.name}: step {spec.key} names handler {spec.handler!r}, which is not registered")
+            raise InvalidFlow(
+                f"flow {self.name}: step {spec.key} names handler {spec.handler!r}, which is not registered"
+            )
         self.steps.append(spec)
         return spec
 
@@ -232,7 +237,9 @@ def validate_new_steps(existing: Sequence[StepSpec], new: Sequence[StepSpec], *,
     keys = {s.key for s in existing}
     for spec in new:
         if not _KEY.match(spec.key):
-            raise InvalidFlow(f"flow {flow}: step key {spec.key!r} is not valid: use letters, digits, '_', '.', '-'")
+            raise InvalidFlow(
+                f"flow {flow}: step key {spec.key!r} is not valid: use letters, digits, '_', '.', '-'"
+            )
         if spec.key in keys:
             raise InvalidFlow(f"flow {flow}: step {spec.key!r} is declared twice")
         if spec.max_attempts < 1:

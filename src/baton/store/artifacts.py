@@ -39,7 +39,9 @@ def insert_artifact(
 
 
 def list_artifacts(conn: Connection, run_id: str) -> list[Row[Any]]:
-    return list(conn.execute(select(*_META).where(artifacts.c.run_id == run_id).order_by(artifacts.c.created_at)))
+    return list(
+        conn.execute(select(*_META).where(artifacts.c.run_id == run_id).order_by(artifacts.c.created_at))
+    )
 
 
 def get_artifact(conn: Connection, artifact_id: str) -> Row[Any] | None:

@@ -154,7 +154,9 @@ class Database:
 
     # --- transactions --------------------------------------------------------------------
 
-    async def write(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run `fn(conn, …)` in one write transaction (SQLite: BEGIN IMMEDIATE), retried on contention."""
         return await self._transaction(False, fn, *args, **kwargs)
 
@@ -229,7 +231,9 @@ def _create_engine(url: str, dialect: Dialect) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 5.0})
         _install_sqlite_discipline(engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_async_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+    )
 
 
 def _install_sqlite_discipline(engine: AsyncEngine) -> None:
@@ -252,15 +256,23 @@ def _install_sqlite_discipline(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
+        # query_only makes a write slipped into a read transaction fail loudly instead of
+        # taking the write lock late, where busy_timeout cannot help.
         if conn.get_execution_options().get("baton_read_only"):
+            conn.exec_driver_sql("PRAGMA query_only=ON")
             conn.exec_driver_sql("BEGIN")
         else:
+            conn.exec_driver_sql("PRAGMA query_only=OFF")
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _is_contention(error: exc.DBAPIError) -> bool:
     message = str(error.orig).lower() if error.orig is not None else str(error).lower()
-    if "database is locked" in message or "database is busy" in message or "database table is locked" in message:
+    if (
+        "database is locked" in message
+        or "database is busy" in message
+        or "database table is locked" in message
+    ):
         return True
     sqlstate = getattr(error.orig, "sqlstate", None)
     return sqlstate in {"40001", "40P01", "55P03"}
@@ -272,7 +284,14 @@ def _is_unreachable(error: exc.DBAPIError) -> bool:
     message = str(error.orig).lower() if error.orig is not None else ""
     return any(
         marker in message
-        for marker in ("connection refused", "could not connect", "unable to open database", "connection failed", "timeout expired", "server closed")
+        for marker in (
+            "connection refused",
+            "could not connect",
+            "unable to open database",
+            "connection failed",
+            "timeout expired",
+            "server closed",
+        )
     )
 
 

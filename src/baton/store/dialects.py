@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import Connection, literal_column, text
 from sqlalchemy.sql.elements import ColumnElement
@@ -77,12 +77,17 @@ class PostgresDialect:
         return int(cached)
 
     def visible_horizon(self, conn: Connection) -> int | None:
-        return int(conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one())
+        return int(
+            conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one()
+        )
 
     def notify(self, conn: Connection, topics: Iterable[str]) -> None:
         payload = " ".join(sorted(set(topics)))
         if payload:
-            conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]})
+            conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]},
+            )
 
     async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
         import psycopg
@@ -99,7 +104,9 @@ class PostgresDialect:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: listen again once it is back
-                logger.warning("LISTEN connection lost (%s); reconnecting", exc, extra={"action": "store.listen_lost"})
+                logger.warning(
+                    "LISTEN connection lost (%s); reconnecting", exc, extra={"action": "store.listen_lost"}
+                )
                 await asyncio.sleep(1.0)
 
 
@@ -109,5 +116,3 @@ def dialect_for(url: str) -> Dialect:
     if url.startswith("postgresql"):
         return PostgresDialect()
     raise ValueError(url)
-
-

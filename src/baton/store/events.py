@@ -25,9 +25,14 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
     for draft in drafts:
         size = len(json.dumps(draft.payload, default=str))
         if size > MAX_EVENT_PAYLOAD_BYTES:
-            raise ValueError(f"event {draft.type} payload is {size} bytes; store large content as an artifact")
+            raise ValueError(
+                f"event {draft.type} payload is {size} bytes; store large content as an artifact"
+            )
     last = conn.execute(
-        update(runs).where(runs.c.id == run_id).values(last_seq=runs.c.last_seq + len(drafts)).returning(runs.c.last_seq)
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(last_seq=runs.c.last_seq + len(drafts))
+        .returning(runs.c.last_seq)
     ).scalar_one()
     first = int(last) - len(drafts) + 1
     now = db_now(conn)
@@ -74,7 +79,9 @@ def format_cursor(tx: int, event_id: int) -> str:
     return f"{tx}.{event_id}"
 
 
-def global_events_after(conn: Connection, cursor: str | None, limit: int = 1000) -> tuple[list[Row[Any]], str]:
+def global_events_after(
+    conn: Connection, cursor: str | None, limit: int = 1000
+) -> tuple[list[Row[Any]], str]:
     """Events of every run after `cursor`, in commit order, never skipping a late commit.
 
     PostgreSQL hands out ids and transaction ids at insert time, not at commit, so a plain
@@ -97,5 +104,3 @@ def global_events_after(conn: Connection, cursor: str | None, limit: int = 1000)
 def naive_global_events_after(conn: Connection, after_id: int, limit: int = 1000) -> list[Row[Any]]:
     """The broken reader kept for the test that shows why `global_events_after` exists."""
     return list(conn.execute(select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)))
-
-

@@ -36,7 +36,9 @@ def get_request(conn: Connection, request_id: str) -> Row[Any] | None:
     return conn.execute(select(input_requests).where(input_requests.c.id == request_id)).first()
 
 
-def answer_request(conn: Connection, request_id: str, answer: Any, answered_by: str | None) -> Row[Any] | None:
+def answer_request(
+    conn: Connection, request_id: str, answer: Any, answered_by: str | None
+) -> Row[Any] | None:
     """Guarded: only a pending request takes an answer; None when it was not pending."""
     touch(conn, "inputs")
     return conn.execute(
@@ -56,7 +58,9 @@ def close_requests_of_run(conn: Connection, run_id: str, status: str = "cancelle
     touch(conn, "inputs")
 
 
-def list_requests(conn: Connection, *, status: str | None = "pending", run_id: str | None = None) -> list[Row[Any]]:
+def list_requests(
+    conn: Connection, *, status: str | None = "pending", run_id: str | None = None
+) -> list[Row[Any]]:
     query = select(input_requests)
     if status:
         query = query.where(input_requests.c.status == status)

@@ -78,7 +78,9 @@ def queued_runs_of_key(conn: Connection, key: str) -> list[Row[Any]]:
 
 
 def keys_with_queued_runs(conn: Connection) -> list[str]:
-    return [r[0] for r in conn.execute(select(runs.c.concurrency_key).where(runs.c.status == "queued").distinct())]
+    return [
+        r[0] for r in conn.execute(select(runs.c.concurrency_key).where(runs.c.status == "queued").distinct())
+    ]
 
 
 def runs_past_deadline(conn: Connection) -> list[Row[Any]]:

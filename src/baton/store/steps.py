@@ -31,7 +31,12 @@ def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
 
 
 def set_steps_status(
-    conn: Connection, run_id: str, keys: Iterable[str], sources: Iterable[StepStatus], target: StepStatus, **fields: Any
+    conn: Connection,
+    run_id: str,
+    keys: Iterable[str],
+    sources: Iterable[StepStatus],
+    target: StepStatus,
+    **fields: Any,
 ) -> list[str]:
     """Guarded move of several steps of a run; returns the keys that moved."""
     keys = list(keys)
@@ -94,7 +99,9 @@ def claim_steps(
                 claimed_by=worker_id,
                 lease_expires_at=now + lease_s,
                 # The reaper's backstop for a worker that heartbeats but never ends the step.
-                deadline_at=case((steps.c.timeout_s.is_not(None), now + steps.c.timeout_s + lease_s), else_=None),
+                deadline_at=case(
+                    (steps.c.timeout_s.is_not(None), now + steps.c.timeout_s + lease_s), else_=None
+                ),
                 heartbeat_at=now,
                 started_at=now,
                 finished_at=None,
@@ -117,7 +124,9 @@ def hold_lease(conn: Connection, step_id: str, token: str) -> Row[Any] | None:
     ).first()
 
 
-def finish_step(conn: Connection, step_id: str, token: str, target: StepStatus, **fields: Any) -> Row[Any] | None:
+def finish_step(
+    conn: Connection, step_id: str, token: str, target: StepStatus, **fields: Any
+) -> Row[Any] | None:
     """Record a running step's end, only while `token` is still its lease."""
     return conn.execute(
         update(steps)
@@ -138,7 +147,11 @@ def extend_leases(conn: Connection, worker_id: str, tokens: Sequence[str], lease
     return list(
         conn.execute(
             update(steps)
-            .where(steps.c.claimed_by == worker_id, steps.c.lease_token.in_(list(tokens)), steps.c.status == "running")
+            .where(
+                steps.c.claimed_by == worker_id,
+                steps.c.lease_token.in_(list(tokens)),
+                steps.c.status == "running",
+            )
             .values(lease_expires_at=now + lease_s, heartbeat_at=now)
             .returning(steps.c.id, steps.c.lease_token, steps.c.run_id)
         )
@@ -170,7 +183,9 @@ def expired_leases(conn: Connection, limit: int = 100) -> list[Row[Any]]:
 
 
 def running_steps_of_run(conn: Connection, run_id: str) -> list[Row[Any]]:
-    return list(conn.execute(select(steps).where(steps.c.run_id == run_id, steps.c.status == S.RUNNING.value)))
+    return list(
+        conn.execute(select(steps).where(steps.c.run_id == run_id, steps.c.status == S.RUNNING.value))
+    )
 
 
 def next_available_at(conn: Connection) -> float | None:

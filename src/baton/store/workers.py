@@ -28,11 +28,17 @@ def register_worker(conn: Connection, worker_id: str, concurrency: int) -> None:
 
 
 def beat(conn: Connection, worker_id: str, in_flight: int) -> None:
-    conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=db_now(conn), in_flight=in_flight))
+    conn.execute(
+        update(workers)
+        .where(workers.c.id == worker_id)
+        .values(heartbeat_at=db_now(conn), in_flight=in_flight)
+    )
 
 
 def mark_stopped(conn: Connection, worker_id: str) -> None:
-    conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(conn), in_flight=0))
+    conn.execute(
+        update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(conn), in_flight=0)
+    )
 
 
 def list_workers(conn: Connection) -> list[Row[Any]]:

@@ -1,0 +1,50 @@
+"""The package layering of STYLE.md: lower layers never import higher ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "baton"
+
+#: package -> the baton packages it may import (itself always allowed)
+ALLOWED = {
+    "domain": set(),
+    "flows": {"domain"},
+    "store": {"domain"},
+    "agents": {"domain"},
+    "engine": {"domain", "flows", "store", "agents"},
+}
+
+
+def _baton_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("baton."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("baton."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layer_imports_only_what_it_may(layer: str) -> None:
+    allowed = ALLOWED[layer] | {layer}
+    offenders = {
+        str(path.relative_to(PACKAGE)): sorted(_baton_imports(path) - allowed)
+        for path in (PACKAGE / layer).rglob("*.py")
+        if _baton_imports(path) - allowed
+    }
+    assert offenders == {}
+
+
+def test_sqlite_writes_take_the_write_lock_first() -> None:
+    """Every write transaction starts with BEGIN IMMEDIATE; reads are query_only."""
+    source = (PACKAGE / "store" / "database.py").read_text()
+    assert 'conn.exec_driver_sql("BEGIN IMMEDIATE")' in source
+    assert 'conn.exec_driver_sql("PRAGMA query_only=ON")' in source
