@@ -454,7 +454,10 @@ class Lifecycle:
         run = run_store.get_run(conn, run_id)
         assert run is not None
         data = dict(run._mapping)
-        data["steps"] = [dict(r._mapping) for r in step_store.load_steps(conn, run_id)]
+        step_rows = step_store.load_steps(conn, run_id)
+        data["steps"] = [dict(r._mapping) for r in step_rows]
+        signs = [run.started_at, *(r.heartbeat_at for r in step_rows), *(r.finished_at for r in step_rows)]
+        data["stalled"] = scheduler.is_stalled(RunStatus(run.status), signs, db_now(conn))
         data["pending_inputs"] = [dict(r._mapping) for r in input_store.list_requests(conn, run_id=run_id)]
         return data
 

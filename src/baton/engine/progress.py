@@ -106,8 +106,15 @@ def advance_run(
     for key in plan.wait:
         step_store.set_steps_status(conn, run.id, [key], [S.PENDING], S.WAITING, started_at=db_now(conn))
         spec = by_key[key].spec or {}
+        timeout = spec.get("timeout_s")
         request_id = input_store.open_request(
-            conn, run.id, key, str(spec.get("prompt") or key), dict(spec.get("schema") or {}), run.project_id
+            conn,
+            run.id,
+            key,
+            str(spec.get("prompt") or key),
+            dict(spec.get("schema") or {}),
+            run.project_id,
+            expires_at=db_now(conn) + float(timeout) if timeout else None,
         )
         drafts.append(
             EventDraft(

@@ -138,3 +138,20 @@ def promotable(
             chosen.append(run_id)
             room[key] -= 1
     return chosen
+
+
+#: A running run with no sign of life from any of its steps for this long is shown as stalled.
+STALL_AFTER_S = 120.0
+
+
+def is_stalled(
+    status: RunStatus,
+    last_signs_of_life: Sequence[float | None],
+    now: float,
+    stall_after_s: float = STALL_AFTER_S,
+) -> bool:
+    """Running, and neither a step heartbeat nor a start within `stall_after_s` of `now`."""
+    if status != RunStatus.RUNNING:
+        return False
+    seen = [t for t in last_signs_of_life if t is not None]
+    return not seen or now - max(seen) > stall_after_s

@@ -20,6 +20,7 @@ from baton.domain.status import RunStatus, StepStatus
 from baton.engine import progress, scheduler
 from baton.flows.report import output_text
 from baton.store import artifacts as artifact_store
+from baton.store import inputs as input_store
 from baton.store import runs as run_store
 from baton.store import steps as step_store
 from baton.store.clock import db_now
@@ -245,6 +246,19 @@ def reap(conn: Connection, flows: progress.Flows, limit: int = 100) -> int:
             if finished is not None:
                 drafts += progress.advance_run(conn, run, flows, finished=finished)
         append_events(conn, step.run_id, drafts)
+        repaired += 1
+    for request in input_store.expired_requests(conn, limit):
+        run = run_store.lock_run(conn, request.run_id)
+        if run is None or input_store.expire_request(conn, request.id) is None:
+            continue
+        error = "no answer before the input request expired"
+        step_store.set_steps_status(conn, run.id, [request.step_key], [S.WAITING], S.FAILED, error=error)
+        failed = next(r for r in step_store.load_steps(conn, run.id) if r.key == request.step_key)
+        drafts = [
+            EventDraft("step.failed", {"error": error, "request_id": request.id}, step_key=request.step_key)
+        ]
+        drafts += progress.advance_run(conn, run, flows, finished=failed)
+        append_events(conn, run.id, drafts)
         repaired += 1
     for overdue in run_store.runs_past_deadline(conn):
         run = run_store.lock_run(conn, overdue.id)

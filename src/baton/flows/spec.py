@@ -192,8 +192,12 @@ class Flow:
         schema: Mapping[str, Any] | None = None,
         needs: Sequence[str] = (),
         label: str | None = None,
+        timeout_s: float | None = None,
     ) -> StepSpec:
-        """Declare a step that asks a person; the run waits until the answer arrives."""
+        """Declare a step that asks a person; the run waits until the answer arrives.
+
+        With `timeout_s`, an unanswered request expires and the run fails with that reason.
+        """
         return self.add(
             StepSpec(
                 key=key,
@@ -203,6 +207,7 @@ class Flow:
                 schema=schema or {"type": "object"},
                 max_attempts=1,
                 label=label,
+                timeout_s=timeout_s,
             )
         )
 

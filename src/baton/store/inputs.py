@@ -13,7 +13,14 @@ from baton.store.schema import input_requests
 
 
 def open_request(
-    conn: Connection, run_id: str, step_key: str, prompt: str, schema: dict[str, Any], project_id: str | None
+    conn: Connection,
+    run_id: str,
+    step_key: str,
+    prompt: str,
+    schema: dict[str, Any],
+    project_id: str | None,
+    *,
+    expires_at: float | None = None,
 ) -> str:
     request_id = new_id("inp")
     conn.execute(
@@ -26,6 +33,7 @@ def open_request(
             schema=schema,
             status="pending",
             created_at=db_now(conn),
+            expires_at=expires_at,
         )
     )
     touch(conn, "inputs")
@@ -67,3 +75,28 @@ def list_requests(
     if run_id:
         query = query.where(input_requests.c.run_id == run_id)
     return list(conn.execute(query.order_by(input_requests.c.created_at)))
+
+
+def expired_requests(conn: Connection, limit: int = 100) -> list[Row[Any]]:
+    """Pending requests past their expiry, on the database clock."""
+    return list(
+        conn.execute(
+            select(input_requests)
+            .where(
+                input_requests.c.status == "pending",
+                input_requests.c.expires_at.is_not(None),
+                input_requests.c.expires_at < db_now(conn),
+            )
+            .limit(limit)
+        )
+    )
+
+
+def expire_request(conn: Connection, request_id: str) -> Row[Any] | None:
+    touch(conn, "inputs")
+    return conn.execute(
+        update(input_requests)
+        .where(input_requests.c.id == request_id, input_requests.c.status == "pending")
+        .values(status="expired", answered_at=db_now(conn))
+        .returning(*input_requests.c)
+    ).first()
