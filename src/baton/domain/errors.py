@@ -87,6 +87,24 @@ class Conflict(UsageError):
     status_code = 409
 
 
+class PolicyDenied(UsageError):
+    """The policy in force does not allow this."""
+
+    status_code = 403
+
+
+class Unauthorized(UsageError):
+    """No valid credentials were given."""
+
+    status_code = 401
+
+
+class Forbidden(UsageError):
+    """The caller may see this but not do that."""
+
+    status_code = 403
+
+
 class ConcurrencyLimitReached(Conflict):
     """The run's concurrency key is full and its strategy is `reject`."""
 

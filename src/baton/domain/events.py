@@ -32,6 +32,8 @@ EventType = Literal[
     "input.requested",
     "input.answered",
     "artifact.created",
+    "policy.override",
+    "policy.denied",
     "log",
 ]
 

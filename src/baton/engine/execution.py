@@ -154,18 +154,37 @@ class StepExecution:
         await self._shielded(step_results.record_failure, self.claim, error, retryable, self.flows)
 
     async def _shielded(self, fn: Any, *args: Any) -> Any:
-        """The final write of an attempt survives the worker's own cancellation."""
-        return await asyncio.shield(self.db.write(fn, *args))
+        """The final write of an attempt survives the worker's own cancellation.
+
+        The task waits for that write to commit even when it is cancelled meanwhile, and only
+        then re-raises: the worker counts the step as in flight until its end is recorded.
+        """
+        write = asyncio.ensure_future(self.db.write(fn, *args))
+        interrupted = False
+        while True:
+            try:
+                result = await asyncio.shield(write)
+                break
+            except asyncio.CancelledError:
+                if write.done():
+                    raise
+                interrupted = True
+        if interrupted:
+            raise asyncio.CancelledError
+        return result
 
     def cancel(self, *, reason: str | None = None, lost: bool = False) -> None:
         """Called by the worker: the run is being cancelled (`reason`) or the lease is `lost`."""
+        # Deliver one cancellation per attempt: the worker asks again on every wake-up, and a
+        # second one would interrupt the step's clean-up or the write that records its end.
+        delivered = self.lost or self.cancel_reason is not None
         if lost:
             self.lost = True
         elif reason is not None and self.cancel_reason is None:
             self.cancel_reason = reason
             if self.ctx is not None:
                 self.ctx.cancel_reason = reason
-        if self.task is not None and not self.task.done():
+        if not delivered and self.task is not None and not self.task.done():
             self.task.cancel()
 
     def _extra(self, action: str) -> dict[str, Any]:

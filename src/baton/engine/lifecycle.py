@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +16,21 @@ from baton.domain.errors import (
     IllegalTransition,
     InvalidInputs,
     NotFound,
+    PolicyDenied,
     UsageError,
 )
 from baton.domain.events import EventDraft
 from baton.domain.ids import new_id
+from baton.domain.policy import Policy, PolicySnapshot, effective_policy, parse_layer
 from baton.domain.status import TERMINAL_RUN_STATUSES, RunStatus, StepStatus
 from baton.engine import progress, scheduler
 from baton.flows.catalog import Catalog
 from baton.flows.inputs import validate_inputs
+from baton.flows.spec import Flow, StepSpec
 from baton.store import inputs as input_store
 from baton.store import runs as run_store
 from baton.store import steps as step_store
+from baton.store import tenancy as tenancy_store
 from baton.store.clock import db_now
 from baton.store.database import Database, touch
 from baton.store.events import append_events
@@ -57,16 +61,21 @@ class RunRequest:
     strategy: str = "enqueue"
     priority: int = 0
     timeout_s: float | None = None
+    #: the run layer of the policy: it may only tighten, unless `may_loosen` (an admin's request)
     policy: Mapping[str, Any] | None = None
+    may_loosen: bool = False
 
 
 class Lifecycle:
     """The operations people and schedules perform on runs, over one database and flow catalog."""
 
-    def __init__(self, db: Database, catalog: Catalog) -> None:
+    def __init__(
+        self, db: Database, catalog: Catalog, server_policy: Mapping[str, Any] | None = None
+    ) -> None:
         self.db = db
         self.catalog = catalog
         self.flows = catalog.as_mapping()
+        self.server_policy = parse_layer(server_policy, layer="server")
 
     # --- create ------------------------------------------------------------------------------
 
@@ -85,11 +94,7 @@ class Lifecycle:
             raise UsageError(f"timeout_s must be positive, got {request.timeout_s}")
         if request.idempotency_key is not None and not request.idempotency_key.strip():
             raise UsageError("idempotency_key must not be empty: leave it out or give a unique string")
-        needs_confirmation = (
-            request.require_confirmation
-            if request.require_confirmation is not None
-            else flow.require_confirmation or bool((request.policy or {}).get("require_confirmation"))
-        ) and not request.confirm
+        run_layer = parse_layer(request.policy, layer="run")
         scoped_key = (
             f"{request.project_id or '-'}|{request.created_by or '-'}|{request.idempotency_key}"
             if request.idempotency_key
@@ -104,6 +109,17 @@ class Lifecycle:
                 if existing is not None:
                     return dict(existing._mapping)
             key = request.concurrency_key or f"{request.project_id or '-'}:{request.created_by or '-'}"
+            snapshot = self._policy_for(conn, request.project_id, flow, run_layer, request.may_loosen)
+            policy = snapshot.effective
+            check_steps_allowed(flow.name, flow.steps, policy)
+            if policy.require_confirmation:
+                needs_confirmation, why = True, "waiting for confirmation (required by policy)"
+            else:
+                wanted = request.require_confirmation
+                needs_confirmation = (
+                    flow.require_confirmation if wanted is None else wanted
+                ) and not request.confirm
+                why = "waiting for confirmation"
             status = R.NEEDS_CONFIRMATION if needs_confirmation else R.QUEUED
             run_store.insert_run(
                 conn,
@@ -118,8 +134,8 @@ class Lifecycle:
                     "source": dict(request.source) if request.source else None,
                     "inputs": inputs,
                     "status": status.value,
-                    "status_reason": "waiting for confirmation" if needs_confirmation else "queued",
-                    "policy": dict(request.policy or {}),
+                    "status_reason": why if needs_confirmation else "queued",
+                    "policy": snapshot.to_json(),
                     "idempotency_key": scoped_key,
                     "concurrency_key": key,
                     "concurrency_limit": request.concurrency_limit,
@@ -130,12 +146,13 @@ class Lifecycle:
                     "queued_at": None if needs_confirmation else db_now(conn),
                 },
             )
-            step_store.insert_steps(conn, run_id, rows)
+            step_store.insert_steps(conn, run_id, cap_timeouts(rows, policy))
             drafts = [
                 EventDraft(
                     "run.created", {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of}
                 )
             ]
+            drafts += [EventDraft("policy.override", {"notice": notice}) for notice in snapshot.overrides]
             run = run_store.get_run(conn, run_id)
             assert run is not None
             if not needs_confirmation:
@@ -155,6 +172,25 @@ class Lifecycle:
             if existing is None:
                 raise
             return dict(existing._mapping)
+
+    def _policy_for(
+        self,
+        conn: Connection,
+        project_id: str | None,
+        flow: Flow,
+        run_layer: Mapping[str, Any],
+        may_loosen: bool,
+    ) -> PolicySnapshot:
+        """Server < project < flow < run. A named project must exist: none is ever made implicitly."""
+        project_layer: Mapping[str, Any] | None = None
+        if project_id is not None:
+            project = tenancy_store.get_project(conn, project_id)
+            if project is None:
+                raise NotFound(f"project {project_id} not found")
+            project_layer = project.policy
+        return effective_policy(
+            self.server_policy, project_layer, flow.policy, run_layer, run_may_loosen=may_loosen
+        )
 
     def _admit(self, conn: Connection, run: Row[Any]) -> list[EventDraft]:
         """A confirmed run either starts, or follows its key's strategy when the key is full."""
@@ -179,7 +215,11 @@ class Lifecycle:
                 status=R.CANCELLED,
             )
         if strategy == "cancel_running":
-            drafts: list[EventDraft] = []
+            # Start the newcomer before cancelling the others: an old run that ends at once frees
+            # its slot and promotes its key, which must neither start this run behind its caller's
+            # back (its events would precede `run.created`) nor start an older waiting run next
+            # to it (two active runs on a limit of one).
+            drafts = progress.start_run(conn, run, self.flows)
             for other in active:
                 locked = run_store.lock_run(conn, other.id)
                 if locked is not None:
@@ -190,7 +230,7 @@ class Lifecycle:
                             conn, locked, f"cancelled by newer run {run.id} (strategy cancel_running)"
                         ),
                     )
-            return drafts + progress.start_run(conn, run, self.flows)
+            return drafts
         reason = f"waiting for a concurrency slot ({len(active)} of {limit} active for {key})"
         run_store.update_run(conn, run.id, status_reason=reason, queued_at=run.queued_at or db_now(conn))
         return [EventDraft("run.queued", {"reason": reason})]
@@ -244,7 +284,12 @@ class Lifecycle:
         )
 
     async def retry(
-        self, run_id: str, *, by: str | None = None, idempotency_key: str | None = None
+        self,
+        run_id: str,
+        *,
+        by: str | None = None,
+        idempotency_key: str | None = None,
+        may_loosen: bool = False,
     ) -> dict[str, Any]:
         """A new run with the same flow, inputs and settings; `retry_of` points back."""
         old = await self.db.read(run_store.get_run, run_id)
@@ -267,7 +312,8 @@ class Lifecycle:
             strategy=old.concurrency_strategy,
             priority=old.priority,
             timeout_s=old.timeout_s,
-            policy=old.policy,
+            policy=((old.policy or {}).get("layers") or {}).get("run"),
+            may_loosen=may_loosen,
         )
         return await self.create_run(request, retry_of=run_id)
 
@@ -476,3 +522,31 @@ _FORK_KEEP = {
     "priority",
     "timeout_s",
 }
+
+
+def check_steps_allowed(flow: str, specs: Sequence[StepSpec], policy: Policy) -> None:
+    """Refuse a run whose flow needs more steps or other engines than the policy allows."""
+    if policy.max_steps is not None and len(specs) > policy.max_steps:
+        raise PolicyDenied(
+            f"flow {flow} has {len(specs)} steps but the policy allows at most {policy.max_steps} (max_steps)"
+        )
+    for spec in specs:
+        if spec.engine and not spec.engine.startswith("function:") and not policy.allows_engine(spec.engine):
+            allowed = ", ".join(policy.allowed_engines or ())
+            raise PolicyDenied(
+                f"step {spec.key} of flow {flow} uses engine {spec.engine!r}, "
+                f"which the policy does not allow (allowed_engines: {allowed or 'none'})"
+            )
+
+
+def cap_timeouts(rows: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+    """Every step's timeout is at most the policy's `step_timeout_s`."""
+    cap = policy.step_timeout_s
+    if cap is None:
+        return rows
+    capped = []
+    for row in rows:
+        timeout = row.get("timeout_s")
+        limit = cap if timeout is None else min(timeout, cap)
+        capped.append({**row, "timeout_s": limit, "spec": {**row["spec"], "timeout_s": limit}})
+    return capped

@@ -97,6 +97,8 @@ class Flow:
     )
     report_template: str = DEFAULT_REPORT
     require_confirmation: bool = False
+    #: the flow's layer of the governance policy (see baton.domain.policy)
+    policy: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     expand_hook: ExpandHook | None = None
     steps: list[StepSpec] = field(default_factory=list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -174,4 +176,63 @@ workers = Table(
     Column("stopped_at", Float, nullable=True),
 )
 
-__all__ = ["artifacts", "events", "input_requests", "metadata", "runs", "steps", "text", "workers"]
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("project_id", String(100), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(40), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(10), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("project_id", "user_id"),
+    Index("ix_memberships_user", "user_id"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    # Only a SHA-256 of the secret is kept; the secret is shown once, when it is made.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("project_id", String(100), ForeignKey("projects.id", ondelete="CASCADE"), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_tokens_user", "user_id"),
+)
+
+__all__ = [
+    "artifacts",
+    "events",
+    "input_requests",
+    "memberships",
+    "metadata",
+    "projects",
+    "runs",
+    "steps",
+    "text",
+    "tokens",
+    "users",
+    "workers",
+]
