@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from baton.engine.lifecycle import Lifecycle
 from baton.engine.worker import Worker, WorkerSettings
@@ -29,11 +30,12 @@ async def open_runtime(
     *,
     catalog: Catalog | None = None,
     upgrade: bool | None = None,
+    server_policy: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the database (migrating an embedded SQLite file on first use) and load the flows."""
     catalog = catalog or load_catalog(flow_sources if flow_sources is not None else default_sources())
     db = await Database.open(database_url, upgrade=upgrade)
     try:
-        yield Runtime(db=db, catalog=catalog, lifecycle=Lifecycle(db, catalog))
+        yield Runtime(db=db, catalog=catalog, lifecycle=Lifecycle(db, catalog, server_policy))
     finally:
         await db.close()

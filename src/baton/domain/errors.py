@@ -31,7 +31,7 @@ class NotFound(UsageError):
     status_code = 404
 
 
-class UnknownFlow(NotFound):
+class UnknownFlow(UsageError):
     """No flow with that name is loaded."""
 
     def __init__(self, name: str, known: list[str]) -> None:
@@ -42,6 +42,8 @@ class UnknownFlow(NotFound):
         )
         self.name = name
         self.known = list(known)
+
+    status_code = 422
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.known))

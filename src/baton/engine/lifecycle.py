@@ -416,7 +416,17 @@ class Lifecycle:
                                 "finished_at": r.finished_at,
                             }
                             if r.key in copy
-                            else {"status": S.PENDING.value}
+                            # The same columns for every row: one multi-row INSERT takes its
+                            # column list from the first row.
+                            else {
+                                "status": S.PENDING.value,
+                                "output": None,
+                                "output_ref": None,
+                                "output_text": None,
+                                "attempt": 0,
+                                "started_at": None,
+                                "finished_at": None,
+                            }
                         ),
                     }
                     for r in rows

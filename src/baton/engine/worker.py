@@ -60,6 +60,8 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        # Wake the claim loop now rather than at its next poll.
+        self.db.topics.notify([f"worker:{self.id}"])
 
     async def run(self, *, until_idle: bool = False) -> None:
         await self.db.write(worker_store.register_worker, self.id, self.settings.concurrency)

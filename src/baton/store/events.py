@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, insert, or_, select, update
 
+from baton.domain.errors import UsageError
 from baton.domain.events import MAX_EVENT_PAYLOAD_BYTES, EventDraft
 from baton.store.clock import db_now, dialect_of
 from baton.store.database import touch
@@ -72,7 +73,10 @@ def parse_cursor(cursor: str | None) -> tuple[int, int]:
     if not cursor:
         return (-1, 0)
     tx, _, event_id = cursor.partition(".")
-    return (int(tx), int(event_id or 0))
+    try:
+        return (int(tx), int(event_id or 0))
+    except ValueError:
+        raise UsageError(f"cursor {cursor!r} is not valid: use an id this stream sent") from None
 
 
 def format_cursor(tx: int, event_id: int) -> str:
@@ -80,7 +84,13 @@ def format_cursor(tx: int, event_id: int) -> str:
 
 
 def global_events_after(
-    conn: Connection, cursor: str | None, limit: int = 1000
+    conn: Connection,
+    cursor: str | None,
+    limit: int = 1000,
+    *,
+    project_ids: list[str] | None = None,
+    owner: str | None = None,
+    skip_types: tuple[str, ...] = (),
 ) -> tuple[list[Row[Any]], str]:
     """Events of every run after `cursor`, in commit order, never skipping a late commit.
 
@@ -94,6 +104,14 @@ def global_events_after(
     query = select(events).where(or_(events.c.tx > tx, and_(events.c.tx == tx, events.c.id > event_id)))
     if horizon is not None:
         query = query.where(events.c.tx < horizon)
+    if project_ids is not None:
+        # Only runs the reader may see: its projects, and its own runs outside any project.
+        visible: Any = runs.c.project_id.in_(project_ids)
+        if owner is not None:
+            visible = visible | (runs.c.project_id.is_(None) & (runs.c.created_by == owner))
+        query = query.join(runs, runs.c.id == events.c.run_id).where(visible)
+    if skip_types:
+        query = query.where(events.c.type.not_in(skip_types))
     rows = list(conn.execute(query.order_by(events.c.tx, events.c.id).limit(limit)))
     if rows:
         last = rows[-1]

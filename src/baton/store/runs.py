@@ -126,3 +126,33 @@ def list_runs(
 
 def runs_in_status(conn: Connection, status: RunStatus) -> list[Row[Any]]:
     return list(conn.execute(select(runs).where(runs.c.status == status.value)))
+
+
+def list_visible_runs(
+    conn: Connection,
+    *,
+    project_ids: list[str],
+    owner: str,
+    status: str | None = None,
+    flow: str | None = None,
+    q: str | None = None,
+    before: tuple[float, str] | None = None,
+    limit: int = 50,
+) -> list[Row[Any]]:
+    """Runs of the given projects, plus the owner's runs outside any project; newest first."""
+    visible = runs.c.project_id.in_(project_ids) | (
+        runs.c.project_id.is_(None) & (runs.c.created_by == owner)
+    )
+    query = select(runs).where(visible)
+    if status:
+        query = query.where(runs.c.status == status)
+    if flow:
+        query = query.where(runs.c.flow == flow)
+    if q:
+        query = query.where(func.lower(runs.c.title).contains(q.lower()))
+    if before is not None:
+        created, run_id = before
+        query = query.where(
+            (runs.c.created_at < created) | ((runs.c.created_at == created) & (runs.c.id < run_id))
+        )
+    return list(conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)))

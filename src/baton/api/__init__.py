@@ -1,0 +1,1 @@
+"""The HTTP face: FastAPI app, routes, live streams, auth and problem+json errors."""

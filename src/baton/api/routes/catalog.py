@@ -1,0 +1,55 @@
+"""/v1/flows and /v1/agents: what can be launched, with input schemas, categories and bands."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from baton.api.dependencies import Caller, Rt
+from baton.api.schemas import AgentOut, FlowOut, FlowStepOut
+from baton.domain.errors import NotFound, UnknownFlow
+from baton.flows.spec import Flow
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+def flow_out(flow: Flow) -> FlowOut:
+    return FlowOut(
+        name=flow.name,
+        title=flow.title or flow.name,
+        description=flow.description,
+        category=flow.category,
+        version=flow.version,
+        bands=list(getattr(flow, "bands", None) or ["small", "medium", "large"]),
+        input_schema=dict(flow.input_schema),
+        require_confirmation=flow.require_confirmation,
+        steps=[
+            FlowStepOut(
+                key=s.key, kind=s.kind.value, needs=list(s.needs), engine=s.engine, label=s.label or s.key
+            )
+            for s in flow.steps
+        ],
+    )
+
+
+@router.get("/flows", response_model=list[FlowOut], operation_id="list_flows")
+async def list_flows(_who: Caller, rt: Rt) -> list[FlowOut]:
+    return [flow_out(flow) for flow in rt.catalog]
+
+
+@router.get("/flows/{name}", response_model=FlowOut, operation_id="get_flow")
+async def get_flow(name: str, _who: Caller, rt: Rt) -> FlowOut:
+    try:
+        return flow_out(rt.catalog.get(name))
+    except UnknownFlow as error:
+        raise NotFound(error.message) from None
+
+
+@router.get("/agents", response_model=list[AgentOut], operation_id="list_agents")
+async def list_agents(_who: Caller, rt: Rt) -> list[AgentOut]:
+    """Every agent step of the loaded flows, with its engine."""
+    return [
+        AgentOut(name=step.key, flow=flow.name, engine=step.engine or "offline", prompt=step.prompt or "")
+        for flow in rt.catalog
+        for step in flow.steps
+        if step.kind.value == "agent"
+    ]

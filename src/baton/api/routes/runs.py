@@ -1,0 +1,276 @@
+"""/v1/runs: create, list, read, transitions, fork, events page, artifacts and export."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import Connection
+
+from baton.api.convert import artifact_out, event_out, run_out, run_summary
+from baton.api.dependencies import Caller, Rt, visible_run
+from baton.api.schemas import (
+    ArtifactOut,
+    EventPage,
+    ForkBody,
+    RetryBody,
+    RunCreate,
+    RunOut,
+    RunPage,
+    TransitionBody,
+)
+from baton.domain.errors import NotFound, UsageError
+from baton.engine.lifecycle import RunRequest
+from baton.store import artifacts as artifact_store
+from baton.store import events as event_store
+from baton.store import runs as run_store
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RUN_LINKS = {
+    "GetRun": {"operationId": "get_run", "parameters": {"run_id": "$response.body#/id"}},
+    "RunEvents": {"operationId": "run_events", "parameters": {"run_id": "$response.body#/id"}},
+    "CancelRun": {"operationId": "cancel_run", "parameters": {"run_id": "$response.body#/id"}},
+    "RetryRun": {"operationId": "retry_run", "parameters": {"run_id": "$response.body#/id"}},
+    "ResumeRun": {"operationId": "resume_run", "parameters": {"run_id": "$response.body#/id"}},
+}
+
+
+def _responses(status: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"links": RUN_LINKS}}
+
+
+@router.post("", status_code=201, response_model=RunOut, operation_id="create_run", responses=_responses(201))
+async def create_run(
+    body: RunCreate,
+    who: Caller,
+    rt: Rt,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=150)] = None,
+) -> RunOut:
+    """Create a run of a flow. It waits for confirmation when its flow or policy asks for one."""
+    if body.project_id is not None and not who.can(body.project_id, "member"):
+        if who.can(body.project_id, "viewer"):
+            from baton.domain.errors import Forbidden
+
+            raise Forbidden(f"your role in project {body.project_id} is viewer; creating runs needs member")
+        raise NotFound(f"project {body.project_id} not found")
+    admin = body.project_id is not None and who.can(body.project_id, "admin")
+    snapshot = await rt.lifecycle.create_run(
+        RunRequest(
+            flow=body.flow,
+            inputs=body.inputs,
+            project_id=body.project_id,
+            created_by=who.user_id,
+            title=body.title,
+            band=body.band,
+            source=body.source,
+            idempotency_key=body.idempotency_key or idempotency_key,
+            confirm=body.confirm,
+            priority=body.priority,
+            timeout_s=body.timeout_s,
+            policy=body.policy,
+            may_loosen=admin,
+        )
+    )
+    return run_out(snapshot)
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, _, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return float(created), run_id
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(
+            f"cursor {cursor!r} is not valid: pass the next_cursor of a previous page"
+        ) from error
+
+
+def _encode_cursor(created_at: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{run_id}".encode()).decode()
+
+
+@router.get("", response_model=RunPage, operation_id="list_runs")
+async def list_runs(
+    who: Caller,
+    rt: Rt,
+    project_id: Annotated[str | None, Query(max_length=100)] = None,
+    status: Annotated[str | None, Query(max_length=30)] = None,
+    flow: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunPage:
+    """Runs the caller can see, newest first, with filters and cursor pagination."""
+    projects = who.project_ids
+    if project_id is not None:
+        projects = [project_id] if project_id in who.roles else []
+    before = _decode_cursor(cursor) if cursor else None
+    rows = await rt.db.read(
+        run_store.list_visible_runs,
+        project_ids=projects,
+        owner=who.user_id if project_id is None else "",
+        status=status,
+        flow=flow,
+        q=q,
+        before=before,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return RunPage(runs=[run_summary(dict(r._mapping)) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunOut, operation_id="get_run")
+async def get_run(run_id: str, who: Caller, rt: Rt) -> RunOut:
+    """A run with its steps, pending input requests and report."""
+    await visible_run(rt, who, run_id)
+    return run_out(await rt.lifecycle.get_run(run_id))
+
+
+@router.post("/{run_id}/confirm", response_model=RunOut, operation_id="confirm_run")
+async def confirm_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | None = None) -> RunOut:
+    await visible_run(rt, who, run_id, "member")
+    return run_out(await rt.lifecycle.confirm(run_id, by=who.user_name))
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut, operation_id="cancel_run")
+async def cancel_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | None = None) -> RunOut:
+    """Cancel: at once when nothing runs; otherwise in-flight steps stop within a heartbeat."""
+    await visible_run(rt, who, run_id, "member")
+    reason = body.reason if body else ""
+    return run_out(await rt.lifecycle.cancel(run_id, reason=reason, by=who.user_name))
+
+
+@router.post(
+    "/{run_id}/retry",
+    status_code=201,
+    response_model=RunOut,
+    operation_id="retry_run",
+    responses=_responses(201),
+)
+async def retry_run(run_id: str, who: Caller, rt: Rt, body: RetryBody | None = None) -> RunOut:
+    """A new run with the same flow, inputs and policy request; `retry_of` names this one."""
+    run = await visible_run(rt, who, run_id, "member")
+    admin = run.project_id is not None and who.can(run.project_id, "admin")
+    key = body.idempotency_key if body else None
+    return run_out(await rt.lifecycle.retry(run_id, by=who.user_id, idempotency_key=key, may_loosen=admin))
+
+
+@router.post("/{run_id}/resume", response_model=RunOut, operation_id="resume_run")
+async def resume_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | None = None) -> RunOut:
+    """Re-queue a failed run's failed steps; succeeded steps are kept."""
+    await visible_run(rt, who, run_id, "member")
+    return run_out(await rt.lifecycle.resume(run_id, by=who.user_name))
+
+
+@router.post(
+    "/{run_id}/fork",
+    status_code=201,
+    response_model=RunOut,
+    operation_id="fork_run",
+    responses=_responses(201),
+)
+async def fork_run(run_id: str, body: ForkBody, who: Caller, rt: Rt) -> RunOut:
+    """A new run from `from_step`, keeping the succeeded steps upstream of it."""
+    await visible_run(rt, who, run_id, "member")
+    return run_out(await rt.lifecycle.fork(run_id, body.from_step, inputs=body.inputs, by=who.user_id))
+
+
+@router.get("/{run_id}/events", response_model=EventPage, operation_id="run_events")
+async def run_events(
+    run_id: str,
+    who: Caller,
+    rt: Rt,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> EventPage:
+    """Events with `id > after`, oldest first (polling; the stream is the live alternative)."""
+    await visible_run(rt, who, run_id)
+    rows = await rt.db.read(event_store.events_after, run_id, after, limit)
+    return EventPage(events=[event_out(r) for r in rows], next_after=rows[-1].seq if rows else after)
+
+
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], operation_id="list_artifacts")
+async def list_artifacts(run_id: str, who: Caller, rt: Rt) -> list[ArtifactOut]:
+    await visible_run(rt, who, run_id)
+    return [artifact_out(r) for r in await rt.db.read(artifact_store.list_artifacts, run_id)]
+
+
+@router.get(
+    "/{run_id}/artifacts/{artifact_id}",
+    operation_id="get_artifact",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the raw content"}},
+)
+async def get_artifact(run_id: str, artifact_id: str, who: Caller, rt: Rt) -> Response:
+    """The artifact's raw content with its media type."""
+    await visible_run(rt, who, run_id)
+    row = await rt.db.read(artifact_store.get_artifact, artifact_id)
+    if row is None or row.run_id != run_id:
+        raise NotFound(f"artifact {artifact_id} not found in run {run_id}")
+    safe_name = row.name.replace('"', "")
+    return Response(
+        content=bytes(row.content),
+        media_type=row.media_type,
+        headers={
+            "Content-Disposition": f'inline; filename="{safe_name}"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.get(
+    "/{run_id}/export",
+    operation_id="export_run",
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}}, "description": "the run"}},
+)
+async def export_run(run_id: str, who: Caller, rt: Rt, format: Literal["json", "md"] = "json") -> Response:
+    """The whole run as one document: JSON (run, steps, events, artifacts) or Markdown."""
+    await visible_run(rt, who, run_id)
+    snapshot = await rt.lifecycle.get_run(run_id)
+    events = await rt.db.read(_all_events, run_id)
+    artifacts = await rt.db.read(artifact_store.list_artifacts, run_id)
+    run = run_out(snapshot)
+    if format == "md":
+        return PlainTextResponse(_markdown(run, events), media_type="text/markdown")
+    document = {
+        "run": json.loads(run.model_dump_json()),
+        "events": [json.loads(event_out(e).model_dump_json()) for e in events],
+        "artifacts": [json.loads(artifact_out(a).model_dump_json()) for a in artifacts],
+    }
+    return JSONResponse(document)
+
+
+def _all_events(conn: Connection, run_id: str) -> list[Any]:
+    rows: list[Any] = []
+    while True:
+        page = event_store.events_after(conn, run_id, rows[-1].seq if rows else 0, 10_000)
+        rows.extend(page)
+        if len(page) < 10_000:
+            return rows
+
+
+def _markdown(run: RunOut, events: list[Any]) -> str:
+    lines = [
+        f"# {run.title or run.flow}",
+        "",
+        f"- run: `{run.id}`",
+        f"- flow: {run.flow}",
+        f"- status: {run.status} ({run.status_reason})",
+        f"- created: {run.created_at.isoformat()}",
+        "",
+    ]
+    if run.report:
+        lines += ["## Report", "", run.report, ""]
+    lines += ["## Steps", "", "| step | kind | status | attempt | error |", "| --- | --- | --- | --- | --- |"]
+    for step in run.steps:
+        lines.append(f"| {step.key} | {step.kind} | {step.status} | {step.attempt} | {step.error or ''} |")
+    lines += ["", "## Timeline", ""]
+    for event in events:
+        if event.type != "step.delta":
+            where = f" {event.step_key}" if event.step_key else ""
+            lines.append(f"- {event.seq}. `{event.type}`{where}")
+    return "\n".join(lines) + "\n"
