@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from baton.agents.base import StepRequest, StepResult
 from baton.agents.registry import resolve_engine
 from baton.domain.errors import BatonError, StepFailed
 from baton.domain.status import StepKind
-from baton.engine import step_results
+from baton.engine import metrics, step_results
 from baton.engine.context import RunningStep
 from baton.engine.step_results import Claim
 from baton.flows.spec import Flow, accepts_argument
@@ -69,6 +70,15 @@ class StepExecution:
         self.lost = False
 
     async def run(self) -> None:
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            await self._run()
+            outcome = "done"
+        finally:
+            metrics.STEP_SECONDS.labels(self.row.kind, outcome).observe(time.perf_counter() - started)
+
+    async def _run(self) -> None:
         claim = self.claim
         try:
             inputs, upstream = await self.db.read(load_step_inputs, claim.run_id, list(self.row.needs or []))

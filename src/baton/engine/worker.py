@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from baton.domain.errors import BatonError
 from baton.domain.ids import new_worker_id
-from baton.engine import step_results
+from baton.engine import metrics, step_results
 from baton.engine.execution import StepExecution
 from baton.flows.catalog import Catalog
 from baton.store import steps as step_store
@@ -97,9 +97,11 @@ class Worker:
             free = self.settings.concurrency - len(self.in_flight)
             claimed: list[Any] = []
             if free > 0:
+                started = time.perf_counter()
                 claimed = await self.db.write(
                     step_results.claim_with_events, self.id, self.settings.lease_s, free, names
                 )
+                metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
                 for row in claimed:
                     self._start(row)
             if claimed and len(self.in_flight) < self.settings.concurrency:
