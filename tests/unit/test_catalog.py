@@ -34,7 +34,7 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(UnknownFlow) as caught:
         catalog.get("gamma")
     assert "unknown flow 'gamma': the loaded flows are alpha, beta" in caught.value.message
-    assert caught.value.status_code == 404
+    assert caught.value.status_code == 422
 
 
 def test_two_flows_may_not_share_a_name() -> None:

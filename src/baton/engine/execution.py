@@ -40,19 +40,16 @@ def load_step_inputs(
     conn: Connection, run_id: str, needs: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's inputs and the outputs of the steps this one needs (large ones read from artifacts)."""
-    run = run_store.get_run(conn, run_id)
-    assert run is not None
+    run_inputs = run_store.get_inputs(conn, run_id)
     upstream: dict[str, Any] = {}
-    if needs:
-        for row in step_store.load_steps(conn, run_id):
-            if row.key not in needs:
-                continue
-            if row.output_ref:
-                content = artifact_store.get_artifact_content(conn, row.output_ref)
-                upstream[row.key] = json.loads(content) if content is not None else None
-            else:
-                upstream[row.key] = row.output
-    return dict(run.inputs or {}), upstream
+    # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
+    for row in step_store.load_outputs(conn, run_id, needs):
+        if row.output_ref:
+            content = artifact_store.get_artifact_content(conn, row.output_ref)
+            upstream[row.key] = json.loads(content) if content is not None else None
+        else:
+            upstream[row.key] = row.output
+    return dict(run_inputs or {}), upstream
 
 
 class StepExecution:

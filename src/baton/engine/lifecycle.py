@@ -107,7 +107,8 @@ class Lifecycle:
             if scoped_key is not None:
                 existing = run_store.find_by_idempotency_key(conn, scoped_key)
                 if existing is not None:
-                    return dict(existing._mapping)
+                    # The same answer as the first create: the whole run, steps included.
+                    return self._snapshot(conn, existing.id)
             key = request.concurrency_key or f"{request.project_id or '-'}:{request.created_by or '-'}"
             snapshot = self._policy_for(conn, request.project_id, flow, run_layer, request.may_loosen)
             policy = snapshot.effective
@@ -171,7 +172,7 @@ class Lifecycle:
             existing = await self.db.read(run_store.find_by_idempotency_key, scoped_key)
             if existing is None:
                 raise
-            return dict(existing._mapping)
+            return await self.get_run(existing.id)
 
     def _policy_for(
         self,

@@ -46,13 +46,14 @@ def step_view(row: Row[Any]) -> StepView:
     )
 
 
-def run_view(run: Row[Any], step_rows: Sequence[Row[Any]]) -> RunView:
+def run_view(run: Row[Any], step_rows: Sequence[Row[Any]], views: Sequence[StepView] | None = None) -> RunView:
+    """The run as `expand` sees it; `views` are the rows' step views when the caller has them."""
     return RunView(
         id=run.id,
         flow=run.flow,
         status=RunStatus(run.status),
         inputs=run.inputs or {},
-        steps=tuple(step_view(r) for r in step_rows),
+        steps=tuple(views) if views is not None else tuple(step_view(r) for r in step_rows),
         band=run.band,
         title=run.title,
     )
@@ -86,17 +87,19 @@ def advance_run(
         return settle_cancel(conn, run, flows)
     flow = flows.get(run.flow)
     rows = step_store.load_steps(conn, run.id)
+    views = [step_view(r) for r in rows]  # built once: the expand hook and the scheduler share them
     drafts: list[EventDraft] = []
     if finished is not None and flow is not None:
-        expansion = flow.expand(run_view(run, rows), step_view(finished))
+        expansion = flow.expand(run_view(run, rows, views), step_view(finished))
         if expansion.new_steps:
             existing = [_spec_of(r) for r in rows]
             validate_new_steps(existing, expansion.new_steps, flow=flow.name)
             step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
             rows = step_store.load_steps(conn, run.id)
+            views = [step_view(r) for r in rows]
         if expansion.finish is not None:
             return drafts + finish_run(conn, run, flows, expansion.finish)
-    plan = scheduler.advance([step_view(r) for r in rows])
+    plan = scheduler.advance(views)
     if plan.queue:
         step_store.set_steps_status(
             conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=db_now(conn)

@@ -72,8 +72,7 @@ def claim_with_events(
             row.run_id,
             [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)],
         )
-        run = run_store.get_run(conn, row.run_id)
-        claimed.append(SimpleNamespace(**row._mapping, flow=run.flow if run is not None else None))
+        claimed.append(SimpleNamespace(**row._mapping, flow=run_store.get_flow(conn, row.run_id)))
     return claimed
 
 

@@ -111,6 +111,8 @@ class Flow:
             raise InvalidFlow(
                 f"flow {self.name}: category {self.category!r} is not one of {', '.join(CATEGORIES)}"
             )
+        # Steps given to the constructor (or `with_steps`) get the checks `add` makes one by one.
+        validate_new_steps([], self.steps, flow=self.name)
 
     # --- declaring -----------------------------------------------------------------------
 
