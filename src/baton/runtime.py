@@ -33,7 +33,11 @@ async def open_runtime(
     server_policy: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the database (migrating an embedded SQLite file on first use) and load the flows."""
-    catalog = catalog or load_catalog(flow_sources if flow_sources is not None else default_sources())
+    catalog = (
+        catalog
+        if catalog is not None
+        else load_catalog(flow_sources if flow_sources is not None else default_sources())
+    )
     db = await Database.open(database_url, upgrade=upgrade)
     try:
         yield Runtime(db=db, catalog=catalog, lifecycle=Lifecycle(db, catalog, server_policy))

@@ -46,18 +46,32 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._refuse(scope, receive, send)
             return
+        if declared is not None:
+            # The server delivers no more than Content-Length bytes.
+            await self.app(scope, receive, send)
+            return
+        # A body without a length (chunked) is read here, up to the limit, before the app sees it:
+        # an error raised from `receive` inside the app would reach the client as a 400 (FastAPI
+        # calls any failure while reading the body a parse error), not as this 413.
+        buffered: list[Message] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise problems.PayloadTooLarge(f"the request body is over {self.limit} bytes")
-            return message
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            # The buffered body first, then the live channel (disconnects, for streams).
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problems.problem(

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -48,6 +49,80 @@ class PayloadTooLarge(errors.UsageError):
 TABLE[:0] = [(TooManyRequests, 429, "Too many requests"), (PayloadTooLarge, 413, "Payload too large")]
 
 
+class FieldProblem(BaseModel):
+    field: str = Field(description="where: a body field path, a parameter name, or '(body)'")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error response."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(default="about:blank")
+    title: str = Field(description="short, the same for every error of this kind")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what went wrong and what to do about it")
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="on 422: every field that is not valid, and why"
+    )
+    current_status: str | None = Field(default=None, description="on 409: the object's status now")
+
+
+#: what each error status means, for the OpenAPI document
+ERROR_STATUSES: dict[int, str] = {
+    400: "Bad request: a malformed body, cursor or Last-Event-ID",
+    401: "Missing, unknown, revoked or expired token",
+    403: "Authenticated, but the role or the policy does not allow it (or a cookie write lacks CSRF)",
+    404: "No such object, or it belongs to a project you are not a member of",
+    409: "Illegal transition or conflict; `current_status` says where the object is",
+    413: "The request body is too large",
+    422: "The body, a parameter or the flow inputs are not valid; `errors` names each field",
+    429: "Too many requests or open streams for this token; honour Retry-After",
+    503: "The database is unavailable; retry later",
+}
+_READ_ERRORS = (400, 401, 403, 404, 422, 429, 503)
+_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503)
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the problem+json error responses of every operation in an OpenAPI document.
+
+    /v1 operations need a bearer token and may answer any status of `ERROR_STATUSES` their method
+    allows; /healthz and /metrics need no token, so only 503. FastAPI's default 422 (`HTTPValidationError` as
+    application/json) is replaced, since validation errors are problems too.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    defs = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(defs.pop("$defs", {}))
+    components["Problem"] = defs
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    schema["components"].setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API token: `baton token create`, POST /v1/tokens, or the first-start login token",
+    }
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                operation.setdefault("security", [{"bearer": []}])
+            if not path.startswith("/v1/"):
+                codes: tuple[int, ...] = (503,)
+            elif method in ("get", "head"):
+                codes = _READ_ERRORS
+            else:
+                codes = _WRITE_ERRORS
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses[str(code)] = {
+                    "description": ERROR_STATUSES[code],
+                    "content": {MEDIA_TYPE: {"schema": ref}},
+                }
+    return schema
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     headers = {"Retry-After": "1"} if status == 429 else None
@@ -69,19 +144,22 @@ def baton_problem(error: errors.BatonError) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(errors.BatonError)
     async def on_baton_error(_request: Request, error: errors.BatonError) -> JSONResponse:
         return baton_problem(error)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_request: Request, error: RequestValidationError) -> JSONResponse:
-        found = [
-            {
-                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "(body)",
-                "message": e.get("msg"),
-            }
-            for e in error.errors()
-        ]
+        found = [_field_problem(e) for e in error.errors()]
         detail = "; ".join(f"{f['field']}: {f['message']}" for f in found) or "the request is not valid"
         return problem(422, "Invalid request", detail, errors=found)
 
@@ -96,6 +174,14 @@ def install(app: FastAPI) -> None:
     async def on_unexpected(_request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error", extra={"action": "api.crash"})
         return problem(500, "Internal error", "the server could not complete the request; see its log")
+
+
+def _field_problem(error: dict[str, Any]) -> dict[str, str]:
+    if error.get("type") == "json_invalid":  # loc is ("body", offset), not a field
+        reason = (error.get("ctx") or {}).get("error")
+        return {"field": "(body)", "message": f"not valid JSON ({reason})" if reason else "not valid JSON"}
+    field = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "(body)"
+    return {"field": field, "message": str(error.get("msg") or "not valid")}
 
 
 def _title(status: int) -> str:

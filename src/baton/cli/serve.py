@@ -16,10 +16,15 @@ def serve(
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="In-process workers; 0 makes an API-only replica.")
     ] = 1,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Steps each worker runs at once.")] = 8,
-    lease: Annotated[float, typer.Option("--lease", min=1.0, metavar="S", help="Step lease in seconds.")] = 30.0,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Steps each worker runs at once.")
+    ] = 8,
+    lease: Annotated[
+        float, typer.Option("--lease", min=1.0, metavar="S", help="Step lease in seconds.")
+    ] = 30.0,
     public_url: Annotated[
-        str | None, typer.Option("--public-url", help="The URL people reach this server at (for login links).")
+        str | None,
+        typer.Option("--public-url", help="The URL people reach this server at (for login links)."),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
     database: DatabaseOpt = None,
@@ -44,7 +49,9 @@ def serve(
     )
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5
+        )
     )
     console.print(f"Baton serving on http://{host}:{port} (database {_redacted(where.database_url)})")
     server.run()
@@ -66,7 +73,9 @@ def token_create(
     project: Annotated[
         str | None, typer.Option("--project", help="Make the user a member of this project (made if new).")
     ] = "default",
-    role: Annotated[str, typer.Option("--role", help="Role for a new membership: viewer, member or admin.")] = "member",
+    role: Annotated[
+        str, typer.Option("--role", help="Role for a new membership: viewer, member or admin.")
+    ] = "member",
     name: Annotated[str, typer.Option("--name", help="A label for the token.")] = "cli",
     database: DatabaseOpt = None,
 ) -> None:

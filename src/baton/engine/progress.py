@@ -46,7 +46,9 @@ def step_view(row: Row[Any]) -> StepView:
     )
 
 
-def run_view(run: Row[Any], step_rows: Sequence[Row[Any]], views: Sequence[StepView] | None = None) -> RunView:
+def run_view(
+    run: Row[Any], step_rows: Sequence[Row[Any]], views: Sequence[StepView] | None = None
+) -> RunView:
     """The run as `expand` sees it; `views` are the rows' step views when the caller has them."""
     return RunView(
         id=run.id,

@@ -57,13 +57,17 @@ class Worker:
         self._stop = asyncio.Event()
         self._side: list[asyncio.Task[None]] = []
         self.steps_run = 0
+        self._until_idle = False
 
     def stop(self) -> None:
+        """Stop claiming; in-flight steps get `drain_s` to finish. Safe to call from the loop's thread."""
         self._stop.set()
+        self.db.topics.notify([f"worker:{self.id}"])
         # Wake the claim loop now rather than at its next poll.
         self.db.topics.notify([f"worker:{self.id}"])
 
     async def run(self, *, until_idle: bool = False) -> None:
+        self._until_idle = until_idle
         await self.db.write(worker_store.register_worker, self.id, self.settings.concurrency)
         await self.reconcile()
         self._side = [
@@ -92,8 +96,14 @@ class Worker:
 
     async def _claim_loop(self, until_idle: bool) -> None:
         names = self.catalog.names()
+        wake_on = ["steps", "cancel", f"worker:{self.id}"]
+        cancels_seen = self.db.topics.version(["cancel"])
+        last_cancel_check = time.monotonic()
         while not self._stop.is_set():
             self._raise_if_side_task_died()
+            # Taken before claiming: whatever is queued or freed while we claim wakes the wait below
+            # at once, so a claim that came back short needs no second, empty claim.
+            seen = self.db.topics.version(wake_on)
             free = self.settings.concurrency - len(self.in_flight)
             claimed: list[Any] = []
             if free > 0:
@@ -104,16 +114,24 @@ class Worker:
                 metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
                 for row in claimed:
                     self._start(row)
-            if claimed and len(self.in_flight) < self.settings.concurrency:
-                continue
             timeout = self.settings.poll_s
             if until_idle and not self.in_flight:
                 upcoming = await self.db.read(_seconds_until_next_step)
                 if upcoming is None:
                     return
                 timeout = min(timeout, max(upcoming, 0.001))
-            await self.db.wait(["steps", "cancel", f"worker:{self.id}"], timeout)
-            if self.in_flight:
+            woken = await self.db.wait(wake_on, timeout, since=seen)
+            if not self.in_flight:
+                continue
+            # Look for cancel requests when told of one, and at least once per poll interval (other
+            # SQLite processes cannot tell us); not after every wake-up of a busy worker.
+            cancels_now = self.db.topics.version(["cancel"])
+            if (
+                not woken
+                or cancels_now != cancels_seen
+                or time.monotonic() - last_cancel_check >= self.settings.poll_s
+            ):
+                cancels_seen, last_cancel_check = cancels_now, time.monotonic()
                 await self._check_cancels()
 
     def _start(self, row: Any) -> None:
@@ -124,13 +142,17 @@ class Worker:
         execution.task.add_done_callback(lambda _task: self._finished(token))
 
     def _finished(self, token: str) -> None:
+        was_full = len(self.in_flight) >= self.settings.concurrency
         execution = self.in_flight.pop(token, None)
         self.steps_run += 1
         if execution is not None and execution.task is not None and not execution.task.cancelled():
             error = execution.task.exception()
             if error is not None:
                 self.logger.error("step task crashed: %r", error, extra={"action": "worker.task_crashed"})
-        self.db.topics.notify([f"worker:{self.id}"])
+        if was_full or (self._until_idle and not self.in_flight):
+            # Only a full worker (its claims were capped) or one that stops when idle needs waking
+            # for this; new work wakes the claim loop through the "steps" topic.
+            self.db.topics.notify([f"worker:{self.id}"])
 
     async def _check_cancels(self) -> None:
         runs = [e.claim.run_id for e in self.in_flight.values()]

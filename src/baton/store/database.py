@@ -14,7 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Connection, event, exc, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from baton.domain.errors import StoreError, StoreUnavailable
+from baton.domain.errors import StoreError, StoreUnavailable, UsageError
 from baton.store.dialects import Dialect, dialect_for
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def normalize_url(url: str) -> str:
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
-    raise StoreUnavailable(
+    raise UsageError(
         f"database URL {redact(url)!r} is not supported: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
     )
 
@@ -75,9 +75,16 @@ class Topics:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._versions: dict[str, int] = {}
+
+    def version(self, topics: Iterable[str]) -> int:
+        """A number that grows whenever one of `topics` (or "*") is notified: pass it to `wait(since=)`."""
+        return sum(self._versions.get(topic, 0) for topic in (*topics, "*"))
 
     def notify(self, topics: Iterable[str]) -> None:
         names = set(topics)
+        for topic in names:
+            self._versions[topic] = self._versions.get(topic, 0) + 1
         wake_all = "*" in names
         for topic, futures in list(self._waiters.items()):
             if wake_all or topic in names:
@@ -85,11 +92,17 @@ class Topics:
                     if not fut.done():
                         fut.set_result(None)
 
-    async def wait(self, topics: Iterable[str], timeout: float) -> bool:
-        """True when woken, False on timeout."""
+    async def wait(self, topics: Iterable[str], timeout: float, *, since: int | None = None) -> bool:
+        """True when woken, False on timeout.
+
+        With `since` (a `version` taken earlier) a notification that came in between is not lost:
+        the wait returns at once.
+        """
+        names = list(topics)
+        if since is not None and self.version(names) != since:
+            return True
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        names = list(topics)
         for topic in names:
             self._waiters.setdefault(topic, set()).add(fut)
         try:
@@ -208,10 +221,13 @@ class Database:
 
     # --- wake-ups --------------------------------------------------------------------------
 
-    async def wait(self, topics: Iterable[str], timeout: float) -> bool:
-        """Sleep until one of `topics` changes (in this process, or by NOTIFY from another)."""
+    async def wait(self, topics: Iterable[str], timeout: float, *, since: int | None = None) -> bool:
+        """Sleep until one of `topics` changes (in this process, or by NOTIFY from another).
+
+        `since`: a `topics.version(...)` taken before the caller last looked; changes since then wake at once.
+        """
         self._ensure_listener()
-        return await self.topics.wait(topics, timeout)
+        return await self.topics.wait(topics, timeout, since=since)
 
     def _ensure_listener(self) -> None:
         if self.dialect.name != "postgresql" or self._listener is not None:
@@ -258,11 +274,19 @@ def _install_sqlite_discipline(engine: AsyncEngine) -> None:
     def on_begin(conn: Connection) -> None:
         # query_only makes a write slipped into a read transaction fail loudly instead of
         # taking the write lock late, where busy_timeout cannot help.
-        if conn.get_execution_options().get("baton_read_only"):
-            conn.exec_driver_sql("PRAGMA query_only=ON")
+        read_only = bool(conn.get_execution_options().get("baton_read_only"))
+        # The pragma sticks to the DBAPI connection, whose `info` lives (and is cleared) with it:
+        # set it only when this transaction needs the other mode, saving a round trip per transaction.
+        info = conn.connection.info
+        if read_only:
+            if info.get("baton_query_only") is not True:
+                conn.exec_driver_sql("PRAGMA query_only=ON")
+                info["baton_query_only"] = True
             conn.exec_driver_sql("BEGIN")
         else:
-            conn.exec_driver_sql("PRAGMA query_only=OFF")
+            if info.get("baton_query_only") is not False:
+                conn.exec_driver_sql("PRAGMA query_only=OFF")
+                info["baton_query_only"] = False
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -26,6 +26,19 @@ def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
     return list(conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)))
 
 
+def load_outputs(conn: Connection, run_id: str, keys: Sequence[str]) -> list[Row[Any]]:
+    """`key`, `output` and `output_ref` of the named steps of a run (what a downstream step reads)."""
+    if not keys:
+        return []
+    return list(
+        conn.execute(
+            select(steps.c.key, steps.c.output, steps.c.output_ref)
+            .where(steps.c.run_id == run_id, steps.c.key.in_(list(keys)))
+            .order_by(steps.c.position)
+        )
+    )
+
+
 def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
     return conn.execute(select(steps).where(steps.c.id == step_id)).first()
 
