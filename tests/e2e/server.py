@@ -57,17 +57,26 @@ class Server:
     def start(self, timeout: float = 30.0) -> None:
         env = {**os.environ, "BATON_HOME": str(self.home), "BATON_SECRET": "test-secret", **self.extra_env}
         args = [
-            sys.executable, "-m", "baton", "serve",
-            "--database", self.database_url,
-            "--port", str(self.port),
-            "--workers", str(self.workers),
-            "--lease", str(self.lease_s),
+            sys.executable,
+            "-m",
+            "baton",
+            "serve",
+            "--database",
+            self.database_url,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--lease",
+            str(self.lease_s),
         ]
         for source in self.flows:
             args += ["--flows", source]
         self.log = self.home / f"server-{self.port}-{time.monotonic_ns()}.log"
-        handle = open(self.log, "wb")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        handle = open(self.log, "wb")
+        self.process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
