@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -27,19 +28,42 @@ _BY_STATUS: dict[int, type[errors.BatonError]] = {
 }
 
 
+def _seg(value: str) -> str:
+    """One path segment: an id as typed cannot reach another route."""
+    return quote(str(value), safe="")
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    """The problem+json body of an error response, or {} when the server sent something else."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _raise_for(response: httpx.Response) -> None:
+    """Turn an error response into the BatonError its problem+json describes (4xx: a UsageError)."""
     if response.status_code < 400:
         return
-    try:
-        detail = response.json().get("detail") or response.text
-    except ValueError:
-        detail = response.text or response.reason_phrase
+    body = _problem(response)
+    detail = body.get("detail")
+    if not isinstance(detail, str) or not detail.strip():
+        # Not a Baton problem (a proxy, another server): its status and the start of its text.
+        text = " ".join(response.text.split())
+        detail = f"{response.status_code} {response.reason_phrase}" + (f": {text[:200]}" if text else "")
     if response.status_code >= 500:
+        if response.status_code == 503 and body.get("title") == "Database unavailable":
+            raise errors.StoreUnavailable(f"the server's database is unavailable: {detail}")
         raise errors.RuntimeFailure(f"the server failed ({response.status_code}): {detail}")
     cls = _BY_STATUS.get(response.status_code, errors.UsageError)
+    if response.status_code == 403 and body.get("title") == "Denied by policy":
+        cls = errors.PolicyDenied
     if cls is errors.InvalidInputs:
-        raise errors.InvalidInputs(str(detail))
-    raise cls(str(detail))
+        found = body.get("errors")
+        problems = [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
+        raise errors.InvalidInputs(detail, problems)
+    raise cls(detail)
 
 
 def _parse_frames(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -85,13 +109,16 @@ class Client:
                 f"cannot reach the Baton server at {self.server}: {error}"
             ) from error
         _raise_for(response)
-        return (
-            response.json()
-            if response.headers.get("content-type", "").startswith(
-                ("application/json", "application/problem")
-            )
-            else response.content
-        )
+        if not response.headers.get("content-type", "").startswith(
+            ("application/json", "application/problem")
+        ):
+            return response.content
+        try:
+            return response.json()
+        except ValueError as error:
+            raise errors.RuntimeFailure(
+                f"the server at {self.server} sent a response that is not valid JSON: is it a Baton server?"
+            ) from error
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -99,40 +126,43 @@ class Client:
         return self._call("POST", "/v1/runs", json={"flow": flow, "inputs": dict(inputs or {}), **fields})
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/runs/{run_id}")
+        return self._call("GET", f"/v1/runs/{_seg(run_id)}")
 
     def list_runs(self, **filters: Any) -> dict[str, Any]:
         return self._call("GET", "/v1/runs", params={k: v for k, v in filters.items() if v is not None})
 
     def confirm(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{run_id}/confirm", json={})
+        return self._call("POST", f"/v1/runs/{_seg(run_id)}/confirm", json={})
 
     def cancel(self, run_id: str, reason: str = "") -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{run_id}/cancel", json={"reason": reason})
+        return self._call("POST", f"/v1/runs/{_seg(run_id)}/cancel", json={"reason": reason})
 
     def retry(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{run_id}/retry", json={})
+        return self._call("POST", f"/v1/runs/{_seg(run_id)}/retry", json={})
 
     def resume(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{run_id}/resume", json={})
+        return self._call("POST", f"/v1/runs/{_seg(run_id)}/resume", json={})
 
     def fork(self, run_id: str, from_step: str, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"from_step": from_step}
         if inputs is not None:
             body["inputs"] = dict(inputs)
-        return self._call("POST", f"/v1/runs/{run_id}/fork", json=body)
+        return self._call("POST", f"/v1/runs/{_seg(run_id)}/fork", json=body)
 
     def events(self, run_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
-        return self._call("GET", f"/v1/runs/{run_id}/events", params={"after": after, "limit": limit})
+        return self._call("GET", f"/v1/runs/{_seg(run_id)}/events", params={"after": after, "limit": limit})
 
     def inputs(self, status: str = "pending") -> list[dict[str, Any]]:
         return self._call("GET", "/v1/inputs", params={"status": status})
 
     def answer(self, request_id: str, answer: Any) -> dict[str, Any]:
-        return self._call("POST", f"/v1/inputs/{request_id}/answer", json={"answer": answer})
+        return self._call("POST", f"/v1/inputs/{_seg(request_id)}/answer", json={"answer": answer})
 
     def flows(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/flows")
+
+    def flow(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/flows/{_seg(name)}")
 
     # --- live ---------------------------------------------------------------------------------
 
@@ -143,7 +173,7 @@ class Client:
             try:
                 with self._http.stream(
                     "GET",
-                    f"/v1/runs/{run_id}/stream",
+                    f"/v1/runs/{_seg(run_id)}/stream",
                     headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
                     timeout=httpx.Timeout(30.0, read=60.0),
                 ) as response:
@@ -213,13 +243,13 @@ class AsyncClient:
         )
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/v1/runs/{run_id}")
+        return await self._call("GET", f"/v1/runs/{_seg(run_id)}")
 
     async def cancel(self, run_id: str, reason: str = "") -> dict[str, Any]:
-        return await self._call("POST", f"/v1/runs/{run_id}/cancel", json={"reason": reason})
+        return await self._call("POST", f"/v1/runs/{_seg(run_id)}/cancel", json={"reason": reason})
 
     async def answer(self, request_id: str, answer: Any) -> dict[str, Any]:
-        return await self._call("POST", f"/v1/inputs/{request_id}/answer", json={"answer": answer})
+        return await self._call("POST", f"/v1/inputs/{_seg(request_id)}/answer", json={"answer": answer})
 
     async def stream(
         self, run_id: str, after: int = 0, *, reconnect_s: float = 0.5
@@ -229,7 +259,7 @@ class AsyncClient:
             try:
                 async with self._http.stream(
                     "GET",
-                    f"/v1/runs/{run_id}/stream",
+                    f"/v1/runs/{_seg(run_id)}/stream",
                     headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
                     timeout=httpx.Timeout(30.0, read=60.0),
                 ) as response:

@@ -9,8 +9,11 @@
     baton db upgrade|current             schema migrations
 
 Every command takes `--database URL` (env BATON_DATABASE_URL) and `--flows SRC` (env BATON_FLOWS),
-also before the command name. A Baton error prints `error: …` on stderr and exits 2 when the
-input was at fault, 1 when the system was.
+also before the command name. With `--server URL --token T` (env BATON_SERVER, BATON_TOKEN) the
+commands run, runs, inputs and flows talk to a Baton server over HTTP instead: no database is opened
+here and the server's workers execute the steps; worker, serve, token create and db, which work on
+a database directly, refuse --server. A Baton error prints `error: …` on stderr and exits 2 when
+the input was at fault (an HTTP 4xx), 1 when the system was (a 5xx, an unreachable server).
 """
 
 from typing import Annotated
@@ -18,7 +21,7 @@ from typing import Annotated
 import typer
 
 from baton.cli import db, flows, inputs, runs
-from baton.cli.common import DatabaseOpt, FlowsOpt, exit_code_for, print_error
+from baton.cli.common import DatabaseOpt, FlowsOpt, ServerOpt, TokenOpt, exit_code_for, print_error
 from baton.cli.run import run
 from baton.cli.serve import serve, token_app
 from baton.cli.worker import worker
@@ -46,18 +49,18 @@ def _root(
     ctx: typer.Context,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Baton: a durable, human-in-the-loop orchestrator for LLM agent workflows."""
-    ctx.obj = {"database": database, "flows": list(flows or [])}
+    ctx.obj = {"database": database, "flows": list(flows or []), "server": server, "token": token}
 
 
 app.command("run")(run)
 app.command("worker")(worker)
-app.command("serve")(serve)
-app.add_typer(token_app, name="token")
 app.command("serve")(serve)
 app.add_typer(token_app, name="token")
 app.add_typer(runs.app, name="runs")

@@ -12,9 +12,9 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -51,12 +51,44 @@ FlowsOpt = Annotated[
 ]
 
 
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help="Talk to a Baton server (`baton serve`) at this URL instead of opening a database "
+        "(env BATON_SERVER; an explicit --database wins over the env).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        help="API token for --server (env BATON_TOKEN; make one with `baton token create`).",
+        show_default=False,
+    ),
+]
+# Commands that work on a database directly take these only to refuse them with a clear message.
+HiddenServerOpt = Annotated[str | None, typer.Option("--server", hidden=True, show_default=False)]
+HiddenTokenOpt = Annotated[str | None, typer.Option("--token", hidden=True, show_default=False)]
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where a command works: the database URL and the flow sources, and how the user named them."""
+    """Where a command works: a database (URL and flow sources) or a Baton server (URL and token)."""
 
     database: str | None  #: as given with --database, else None (env or the default file)
     flows: tuple[str, ...]  #: as given with --flows
+    server: str | None = None  #: the server's base URL, from --server or BATON_SERVER
+    token: str | None = field(default=None, repr=False)  #: from --token or BATON_TOKEN; never printed
+    server_given: bool = False  #: --server was on the command line (hints repeat it; env ones do not)
+
+    @property
+    def remote(self) -> bool:
+        """Commands go over HTTP to `server`: no database is opened here, the server's workers run steps."""
+        return self.server is not None
 
     @property
     def database_url(self) -> str:
@@ -76,10 +108,17 @@ class Target:
         return load_catalog(self.sources)
 
     def command(self, *words: str) -> str:
-        """A `baton …` command line to run in another shell, with the options this one was given."""
+        """A `baton …` command line to run in another shell, with the options this one was given.
+
+        The token is never repeated: another shell takes it from BATON_TOKEN or a --token of its own.
+        """
         import shlex
 
         parts = ["baton", *words]
+        if self.remote:
+            if self.server_given and self.server:
+                parts += ["--server", self.server]
+            return " ".join(shlex.quote(p) for p in parts)
         if self.database:
             from baton.store.database import redact
 
@@ -89,12 +128,87 @@ class Target:
         return " ".join(shlex.quote(p) for p in parts)
 
 
-def target(ctx: typer.Context, database: str | None = None, flows: Sequence[str] | None = None) -> Target:
-    """Options given on the command win over those given before it (`baton --database X runs ls`)."""
+def target(
+    ctx: typer.Context,
+    database: str | None = None,
+    flows: Sequence[str] | None = None,
+    server: str | None = None,
+    token: str | None = None,
+) -> Target:
+    """Options given on the command win over those given before it (`baton --database X runs ls`).
+
+    A server comes from --server, else from BATON_SERVER unless --database was given; with one, the
+    token comes from --token, else BATON_TOKEN. Contradictions are usage errors (exit 2).
+    """
     root: dict[str, Any] = ctx.find_root().obj or {}
     chosen_db = database or root.get("database")
     chosen_flows = tuple(flows or ()) or tuple(root.get("flows") or ())
-    return Target(database=chosen_db, flows=chosen_flows)
+    given_server = server or root.get("server")
+    given_token = token or root.get("token")
+    if given_server and chosen_db:
+        usage_exit(
+            "give either --server URL (talk to a Baton server) or --database URL (open a database here), "
+            "not both"
+        )
+    chosen_server = given_server or (None if chosen_db else os.environ.get("BATON_SERVER") or None)
+    if chosen_server is None:
+        if given_token:
+            usage_exit(
+                "--token goes with --server URL (or BATON_SERVER); without a server the database is "
+                "opened here and needs no token"
+            )
+        return Target(database=chosen_db, flows=chosen_flows)
+    url = _server_url(chosen_server, "--server" if given_server else "BATON_SERVER")
+    if chosen_flows:
+        usage_exit(
+            f"--flows loads flows into this process, but commands go to the server at {url}, which runs "
+            "its own flows (start it with `baton serve --flows …`); pass --database to work locally"
+        )
+    secret = given_token or os.environ.get("BATON_TOKEN") or None
+    if not secret:
+        usage_exit(
+            f"the server at {url} needs an API token: pass --token TOKEN or set BATON_TOKEN "
+            "(`baton token create` makes one where the server's database is)"
+        )
+    return Target(database=None, flows=(), server=url, token=secret.strip(), server_given=bool(given_server))
+
+
+def _server_url(value: str, name: str) -> str:
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        valid = False
+    if not valid:
+        usage_exit(f"{name} {value!r} is not an http(s) URL: give one like http://127.0.0.1:8000")
+    return text.rstrip("/")
+
+
+def local_target(
+    ctx: typer.Context,
+    command: str,
+    why: str,
+    database: str | None = None,
+    flows: Sequence[str] | None = None,
+    server: str | None = None,
+    token: str | None = None,
+) -> Target:
+    """For commands that work on a database directly: --server / --token on the line are refused
+    with `why`; BATON_SERVER and BATON_TOKEN in the environment are ignored."""
+    root: dict[str, Any] = ctx.find_root().obj or {}
+    if server or token or root.get("server") or root.get("token"):
+        usage_exit(f"`baton {command}` cannot go through a server (--server/--token): {why}")
+    chosen_flows = tuple(flows or ()) or tuple(root.get("flows") or ())
+    return Target(database=database or root.get("database"), flows=chosen_flows)
+
+
+def usage_exit(message: str) -> NoReturn:
+    """`error: …` on stderr and exit 2, before any work is done."""
+    print_error(message)
+    raise typer.Exit(2)
 
 
 # --- consoles and errors ------------------------------------------------------------------------

@@ -3,7 +3,16 @@
 import typer
 from rich.markup import escape
 
-from baton.cli.common import DatabaseOpt, FlowsOpt, console, execute, target
+from baton.cli.common import (
+    DatabaseOpt,
+    FlowsOpt,
+    HiddenServerOpt,
+    HiddenTokenOpt,
+    Target,
+    console,
+    execute,
+    local_target,
+)
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -35,10 +44,31 @@ def _revision(url: str) -> str | None:
         engine.dispose()
 
 
+def _where(
+    ctx: typer.Context,
+    name: str,
+    database: str | None,
+    flows: list[str] | None,
+    server: str | None,
+    token: str | None,
+) -> Target:
+    why = (
+        "migrations work on the database itself; run it where the database is reachable, with "
+        "--database URL (`baton serve` upgrades its database when it starts)"
+    )
+    return local_target(ctx, f"db {name}", why, database, flows, server, token)
+
+
 @app.command("upgrade")
-def upgrade(ctx: typer.Context, database: DatabaseOpt = None, flows: FlowsOpt = None) -> None:
+def upgrade(
+    ctx: typer.Context,
+    database: DatabaseOpt = None,
+    flows: FlowsOpt = None,
+    server: HiddenServerOpt = None,
+    token: HiddenTokenOpt = None,
+) -> None:
     """Apply the schema migrations to the database (safe to run again)."""
-    where = target(ctx, database, flows)
+    where = _where(ctx, "upgrade", database, flows, server, token)
 
     async def body() -> None:
         import asyncio
@@ -60,9 +90,15 @@ def upgrade(ctx: typer.Context, database: DatabaseOpt = None, flows: FlowsOpt = 
 
 
 @app.command("current")
-def current(ctx: typer.Context, database: DatabaseOpt = None, flows: FlowsOpt = None) -> None:
+def current(
+    ctx: typer.Context,
+    database: DatabaseOpt = None,
+    flows: FlowsOpt = None,
+    server: HiddenServerOpt = None,
+    token: HiddenTokenOpt = None,
+) -> None:
     """The database's schema revision, and whether it is the latest."""
-    where = target(ctx, database, flows)
+    where = _where(ctx, "current", database, flows, server, token)
 
     async def body() -> int:
         import asyncio

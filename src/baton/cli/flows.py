@@ -1,11 +1,22 @@
-"""`baton flows …`: the flows this Baton can run."""
+"""`baton flows …`: the flows this Baton can run (with --server: the flows that server runs)."""
 
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from baton.cli.common import DatabaseOpt, FlowsOpt, console, dumps, execute, join, shorten, target
+from baton.cli.common import (
+    DatabaseOpt,
+    FlowsOpt,
+    ServerOpt,
+    TokenOpt,
+    console,
+    dumps,
+    execute,
+    join,
+    shorten,
+    target,
+)
 
 app = typer.Typer(
     help="The flows that can be run (baton.examples, --flows, BATON_FLOWS).", no_args_is_help=True
@@ -13,15 +24,23 @@ app = typer.Typer(
 
 
 @app.command("ls")
-def list_flows(ctx: typer.Context, database: DatabaseOpt = None, flows: FlowsOpt = None) -> None:
+def list_flows(
+    ctx: typer.Context,
+    database: DatabaseOpt = None,
+    flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """The loaded flows: name, category, title, steps, whether runs need confirmation."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
         from rich.table import Table
 
-        catalog = where.load_catalog()
-        if not len(catalog):
+        from baton.cli.backend import list_flows
+
+        catalog = await list_flows(where)
+        if not catalog:
             console.print("[dim]no flows loaded[/]")
             return
         table = Table(header_style="bold", box=None, pad_edge=False)
@@ -32,11 +51,11 @@ def list_flows(ctx: typer.Context, database: DatabaseOpt = None, flows: FlowsOpt
         table.add_column("confirmation", no_wrap=True)
         for flow in catalog:
             table.add_row(
-                escape(flow.name),
-                escape(flow.category),
-                escape(flow.title or ""),
-                str(len(flow.steps)),
-                "[magenta]required[/]" if flow.require_confirmation else "[dim]no[/]",
+                escape(flow["name"]),
+                escape(flow["category"]),
+                escape(flow["title"]),
+                str(len(flow["steps"])),
+                "[magenta]required[/]" if flow["require_confirmation"] else "[dim]no[/]",
             )
         console.print(table)
 
@@ -49,23 +68,28 @@ def show_flow(
     name: Annotated[str, typer.Argument(help="The flow's name.", show_default=False)],
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """A flow: its steps (kind, needs, what they do) and its input schema."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
         from rich.table import Table
 
-        flow = where.load_catalog().get(name)
+        from baton.cli.backend import get_flow
+
+        flow = await get_flow(where, name)
+        version = f" v{escape(flow['version'])}" if flow["version"] else ""
         console.print(
-            f"[bold]{escape(flow.name)}[/] v{escape(flow.version)}  [dim]{escape(flow.category)}[/]"
-            f"{'  [magenta]needs confirmation[/]' if flow.require_confirmation else ''}",
+            f"[bold]{escape(flow['name'])}[/]{version}  [dim]{escape(flow['category'])}[/]"
+            f"{'  [magenta]needs confirmation[/]' if flow['require_confirmation'] else ''}",
             soft_wrap=True,
         )
-        if flow.title:
-            console.print(escape(flow.title))
-        if flow.description:
-            console.print(f"[dim]{escape(flow.description)}[/]", soft_wrap=True)
+        if flow["title"]:
+            console.print(escape(flow["title"]))
+        if flow["description"]:
+            console.print(f"[dim]{escape(flow['description'])}[/]", soft_wrap=True)
 
         steps = Table(title="steps", title_justify="left", header_style="bold", box=None, pad_edge=False)
         steps.add_column("step", style="bold", no_wrap=True)
@@ -73,20 +97,17 @@ def show_flow(
         steps.add_column("needs")
         steps.add_column("does", overflow="ellipsis", max_width=70)
         steps.add_column("timeout", justify="right")
-        for spec in flow.steps:
-            does = spec.engine or spec.handler or ""
-            if spec.prompt:
-                does = f"{does}: {spec.prompt}" if does else spec.prompt
+        for spec in flow["steps"]:
             steps.add_row(
-                escape(spec.key),
-                escape(spec.kind.value),
-                escape(join(spec.needs)),
-                escape(shorten(does, 200)),
-                f"{spec.timeout_s:g}s" if spec.timeout_s else "",
+                escape(spec["key"]),
+                escape(spec["kind"]),
+                escape(join(spec["needs"])),
+                escape(shorten(spec["does"], 200)),
+                f"{spec['timeout_s']:g}s" if spec["timeout_s"] else "",
             )
         console.print(steps)
 
-        schema = dict(flow.input_schema)
+        schema = dict(flow["input_schema"])
         properties = schema.get("properties") or {}
         required = set(schema.get("required") or [])
         if properties:

@@ -9,16 +9,17 @@ from rich.markup import escape
 from baton.cli.common import (
     DatabaseOpt,
     FlowsOpt,
+    ServerOpt,
+    TokenOpt,
     console,
     dumps,
     execute,
     shorten,
     styled_status,
     target,
-    user,
     when,
 )
-from baton.domain.errors import InvalidInputs, NotFound, UsageError
+from baton.domain.errors import InvalidInputs, UsageError
 
 app = typer.Typer(help="The questions runs ask people, and answering them.", no_args_is_help=True)
 
@@ -31,18 +32,19 @@ def list_inputs(
     ] = None,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Pending input requests, oldest first."""
-    where = target(ctx, database, flows)
+    """Pending input requests, oldest first (over --server: those of runs your token can see)."""
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
         from rich.table import Table
 
-        from baton.runtime import open_runtime
-        from baton.store import inputs as input_store
+        from baton.cli.backend import open_backend
 
-        async with open_runtime(where.database_url, where.sources) as rt:
-            rows = await rt.db.read(input_store.list_requests, status="pending", run_id=run)
+        async with open_backend(where) as backend:
+            rows = await backend.pending_inputs(run)
         if not rows:
             console.print("[dim]no pending input requests[/]")
             return
@@ -55,12 +57,12 @@ def list_inputs(
         table.add_column("asked", no_wrap=True)
         for r in rows:
             table.add_row(
-                escape(r.id),
-                escape(r.run_id),
-                escape(r.step_key),
-                escape(shorten(r.prompt, 200)),
-                escape(shorten(dumps(r.schema), 200)),
-                when(r.created_at),
+                escape(str(r["id"])),
+                escape(str(r["run_id"])),
+                escape(str(r["step_key"])),
+                escape(shorten(r.get("prompt"), 200)),
+                escape(shorten(dumps(r.get("schema")), 200)),
+                when(r.get("created_at")),
             )
         console.print(table)
 
@@ -91,9 +93,11 @@ def answer(
     ] = None,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Answer a pending input request; the answer must satisfy the request's schema."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
     if (value is None) == (not sets):
         from baton.cli.common import print_error
 
@@ -101,15 +105,14 @@ def answer(
         raise typer.Exit(2)
 
     async def body() -> None:
-        from baton.runtime import open_runtime
-        from baton.store import inputs as input_store
+        from baton.cli.backend import open_backend
 
-        async with open_runtime(where.database_url, where.sources) as rt:
-            request = await rt.db.read(input_store.get_request, request_id)
-            if request is None:
-                raise NotFound(f"input request {request_id} not found: see `baton inputs ls`")
-            given = _answer_from(value, sets or [], request.schema or {}, request_id)
-            run = await rt.lifecycle.answer(request_id, given, by=user())
+        async with open_backend(where) as backend:
+            schema: dict[str, Any] = {}
+            if value is None or not where.remote:  # over HTTP a whole --value is checked by the server
+                schema = (await backend.input_request(request_id)).get("schema") or {}
+            given = _answer_from(value, sets or [], schema, request_id)
+            run = await backend.answer(request_id, given)
         reason = str(run.get("status_reason") or "")
         status = str(run["status"])
         extra = f" ({escape(reason)})" if reason and reason != status else ""

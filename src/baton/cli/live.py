@@ -4,6 +4,10 @@ On a terminal the view is a Rich Live table (one row per step: status, elapsed t
 of its streamed output); when stdout is not a terminal it prints one line per change instead, so
 logs and tests read well. The same loop can run an in-process worker (`baton run`) or only watch
 a run that another process executes (`baton runs watch`).
+
+The loop reads a `Feed`: events of one shape (`LiveEvent`) and run snapshots, from the database
+(`DatabaseFeed`) or from a Baton server's SSE stream (`baton.cli.backend.HttpFeed`), so the view is
+the same in both modes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -43,6 +47,92 @@ _TAIL_CHARS = 2000
 
 class Detached(Exception):
     """The user stopped following (Ctrl-C / SIGTERM); the run itself goes on."""
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One event of a run, as the live view and `baton runs events` see it, whatever its source."""
+
+    seq: int
+    type: str
+    step_key: str | None
+    attempt: int | None
+    payload: Mapping[str, Any]
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> LiveEvent:
+        """From an events table row."""
+        return cls(
+            seq=int(row.seq),
+            type=str(row.type),
+            step_key=row.step_key,
+            attempt=row.attempt,
+            payload=dict(row.payload or {}),
+            created_at=float(row.created_at),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "step_key": self.step_key,
+            "attempt": self.attempt,
+            "payload": dict(self.payload),
+            "created_at": self.created_at,
+        }
+
+
+class Feed(Protocol):
+    """Where a live view reads one run from: its snapshots and its events in `seq` order."""
+
+    run_id: str
+    #: said when the user stops following: where the run goes on
+    goes_on: str
+
+    async def snapshot(self) -> tuple[dict[str, Any], int]:
+        """The run now (CLI snapshot shape) and the seq of its last event at that moment."""
+        ...
+
+    async def wait(self, after: int, timeout: float) -> list[LiveEvent]:
+        """Events after `after`, waiting up to `timeout` for the first one."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """No more events will come (the source said so)."""
+        ...
+
+    async def final(self) -> dict[str, Any]:
+        """The run's snapshot once following is over."""
+        ...
+
+
+class DatabaseFeed:
+    """A run read straight from the database (local mode): commits in other processes wake it."""
+
+    goes_on = "the run goes on wherever a worker runs (`baton worker`)"
+
+    def __init__(self, rt: Runtime, run_id: str) -> None:
+        self.rt = rt
+        self.run_id = run_id
+
+    async def snapshot(self) -> tuple[dict[str, Any], int]:
+        run = await self.rt.lifecycle.get_run(self.run_id)
+        return run, int(run.get("last_seq") or 0)
+
+    async def wait(self, after: int, timeout: float) -> list[LiveEvent]:
+        from baton.engine.follow import wait_for_events
+
+        rows = await wait_for_events(self.rt.db, self.run_id, after, timeout=timeout)
+        return [LiveEvent.from_row(row) for row in rows]
+
+    @property
+    def ended(self) -> bool:
+        return False
+
+    async def final(self) -> dict[str, Any]:
+        return await self.rt.lifecycle.get_run(self.run_id)
 
 
 @dataclass
@@ -114,8 +204,8 @@ class RunState:
             self.steps[key] = StepState(key=key)
         return self.steps[key]
 
-    def apply(self, event: Any) -> list[str]:
-        """Move on by one event row; returns notices (Rich markup) worth printing for a person."""
+    def apply(self, event: LiveEvent) -> list[str]:
+        """Move on by one event; returns notices (Rich markup) worth printing for a person."""
         kind: str = event.type
         payload: Mapping[str, Any] = event.payload or {}
         at: float = event.created_at
@@ -153,7 +243,7 @@ class RunState:
         return []
 
     def _apply_step(
-        self, kind: str, step: StepState, event: Any, payload: Mapping[str, Any], at: float
+        self, kind: str, step: StepState, event: LiveEvent, payload: Mapping[str, Any], at: float
     ) -> list[str]:
         if kind == "step.queued":
             step.status = "queued"
@@ -313,100 +403,114 @@ def answer_hint(target: Target, request: Mapping[str, Any]) -> str:
     return hint
 
 
+class InProcessWorker:
+    """A worker in this process (local `baton run`): started once the run may go, stopped at its end."""
+
+    def __init__(self, rt: Runtime, settings: WorkerSettings) -> None:
+        self.rt = rt
+        self.settings = settings
+        self.worker: Any = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.task is not None
+
+    def start(self) -> None:
+        self.worker = self.rt.worker(self.settings)
+        self.task = asyncio.create_task(self.worker.run(until_idle=False), name="baton-cli-worker")
+
+    def check(self) -> None:
+        """Raise what stopped the worker, if it stopped by itself."""
+        task = self.task
+        if task is None or not task.done():
+            return
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, BatonError):
+            raise error
+        raise RuntimeFailure(f"the in-process worker stopped unexpectedly: {error!r}")
+
+    def stopping_note(self) -> str | None:
+        if self.worker is None or not self.worker.in_flight:
+            return None
+        busy, grace = len(self.worker.in_flight), self.settings.drain_s
+        return f"[yellow]stopping the worker here: {busy} step(s) in flight get up to {grace:g}s to finish[/]"
+
+    async def stop(self) -> None:
+        if self.task is None:
+            return
+        task, self.task = self.task, None
+        self.worker.stop()
+        self.rt.db.topics.notify([f"worker:{self.worker.id}"])  # wake its claim loop now, not after a poll
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def follow(
-    rt: Runtime,
+    feed: Feed,
     target: Target,
-    run_id: str,
     *,
-    worker: WorkerSettings | None = None,
+    worker: InProcessWorker | None = None,
     poll_s: float = 0.25,
 ) -> dict[str, Any]:
     """Show the run until it ends and return its final snapshot.
 
-    With `worker` settings, an in-process worker executes steps meanwhile (started once the run
-    is confirmed, stopped when it ends). Raises Detached when the user stops following.
+    With a `worker`, steps are executed here meanwhile (started once the run is confirmed, stopped
+    when it ends). Raises Detached when the user stops following.
     """
-    from baton.engine.follow import wait_for_events
     from baton.engine.signals import on_stop
 
-    snapshot = await rt.lifecycle.get_run(run_id)
+    snapshot, replay_until = await feed.snapshot()
     state = RunState.from_snapshot(snapshot)
-    replay_until = int(snapshot.get("last_seq") or 0)
     display: LiveDisplay | PlainDisplay = LiveDisplay(state) if console.is_terminal else PlainDisplay(state)
     stop = asyncio.Event()
-    running: tuple[Any, asyncio.Task[None]] | None = None
     seq = 0
     try:
         with on_stop(stop), display:
             for request in snapshot.get("pending_inputs") or []:
                 display.notice(answer_hint(target, request))
             while True:
-                if (
-                    worker is not None
-                    and running is None
-                    and state.status not in ("needs_confirmation", *TERMINAL)
-                ):
-                    running = _start_worker(rt, worker)
-                if running is not None and running[1].done():
-                    _raise_worker_failure(running[1])
+                if worker is not None:
+                    if not worker.started and state.status not in ("needs_confirmation", *TERMINAL):
+                        worker.start()
+                    worker.check()
                 if stop.is_set():
-                    if running is not None and running[0].in_flight:
-                        busy, grace = len(running[0].in_flight), running[0].settings.drain_s
-                        display.notice(
-                            f"[yellow]stopping the worker here: {busy} step(s) in flight get up to "
-                            f"{grace:g}s to finish[/]"
-                        )
+                    note = worker.stopping_note() if worker is not None else None
+                    if note:
+                        display.notice(note)
                     raise Detached()
-                rows = await wait_for_events(rt.db, run_id, seq, timeout=poll_s)
+                events = await feed.wait(seq, timeout=poll_s)
                 before = _statuses(state)
-                for row in rows:
-                    seq = row.seq
-                    notices = state.apply(row)
-                    if row.seq <= replay_until:
+                for event in events:
+                    if event.seq <= seq:
+                        continue  # already seen (a resumed stream never repeats, but be sure)
+                    seq = event.seq
+                    notices = state.apply(event)
+                    if event.seq <= replay_until:
                         continue  # history: only what still matters is shown (pending inputs above)
                     display.changed(before)
                     before = _statuses(state)
                     for notice in notices:
                         display.notice(notice)
-                    if row.type == "input.requested":
-                        payload = dict(row.payload or {})
+                    if event.type == "input.requested":
+                        payload = dict(event.payload or {})
                         request = {
                             "id": payload.get("request_id"),
-                            "step_key": row.step_key,
+                            "step_key": event.step_key,
                             "prompt": payload.get("prompt"),
                             "schema": payload.get("schema"),
                         }
                         display.notice(answer_hint(target, request))
                 display.changed(before)
-                if state.terminal:
+                if state.terminal or feed.ended:
                     break
-            if running is not None:
-                await _stop_worker(rt, *running)
-                running = None
+            if worker is not None:
+                await worker.stop()
     finally:
-        if running is not None:
+        if worker is not None:
             with contextlib.suppress(BaseException):
-                await _stop_worker(rt, *running)
-    return await rt.lifecycle.get_run(run_id)
-
-
-def _start_worker(rt: Runtime, settings: WorkerSettings) -> tuple[Any, asyncio.Task[None]]:
-    worker = rt.worker(settings)
-    return worker, asyncio.create_task(worker.run(until_idle=False), name="baton-cli-worker")
-
-
-async def _stop_worker(rt: Runtime, worker: Any, task: asyncio.Task[None]) -> None:
-    worker.stop()
-    rt.db.topics.notify([f"worker:{worker.id}"])  # wake its claim loop now, not after a poll
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def _raise_worker_failure(task: asyncio.Task[None]) -> None:
-    error = None if task.cancelled() else task.exception()
-    if isinstance(error, BatonError):
-        raise error
-    raise RuntimeFailure(f"the in-process worker stopped unexpectedly: {error!r}")
+                await worker.stop()
+    return await feed.final()
 
 
 def print_summary(run: Mapping[str, Any], target: Target, *, report_lines: int = 12) -> None:

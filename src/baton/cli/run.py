@@ -1,6 +1,10 @@
-"""`baton run FLOW`: create a run, confirm its plan, execute it in-process and watch it live."""
+"""`baton run FLOW`: create a run, confirm its plan, execute it and watch it live.
 
-from typing import Annotated, Any
+Locally the run is executed by a worker in this process; with --server it is created on that
+server, whose workers execute it, and --follow shows it from the server's event stream.
+"""
+
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -8,7 +12,9 @@ from rich.markup import escape
 from baton.cli.common import (
     DatabaseOpt,
     FlowsOpt,
+    ServerOpt,
     Target,
+    TokenOpt,
     configure_logging,
     console,
     dumps,
@@ -21,6 +27,9 @@ from baton.cli.common import (
     target,
     user,
 )
+
+if TYPE_CHECKING:
+    from baton.cli.backend import Backend
 
 InputsOpt = Annotated[
     list[str] | None,
@@ -39,6 +48,10 @@ def run(
     flow: Annotated[str, typer.Argument(help="The flow to run (see `baton flows ls`).", show_default=False)],
     inputs: InputsOpt = None,
     title: Annotated[str | None, typer.Option("--title", help="A title for the run.")] = None,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", metavar="PROJECT", help="The project the run belongs to (it must exist)."),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -58,42 +71,60 @@ def run(
         bool,
         typer.Option(
             "--follow/--no-follow",
-            help="Execute the run with an in-process worker and show it live (default), or only create it.",
+            help="Show the run live until it ends (default), or only create it. Locally an in-process "
+            "worker executes it; with --server the server's workers do.",
         ),
     ] = True,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Steps the worker runs at once.")
+        int, typer.Option("--concurrency", min=1, help="Steps the worker runs at once (local mode).")
     ] = 8,
     lease: Annotated[
-        float, typer.Option("--lease", min=1.0, metavar="S", help="Step lease in seconds.")
+        float, typer.Option("--lease", min=1.0, metavar="S", help="Step lease in seconds (local mode).")
     ] = 30.0,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the worker's log, with tracebacks of failing steps.")
     ] = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Create a run of FLOW and (with --follow) execute it here, showing every step live.
+    """Create a run of FLOW and (with --follow) show every step live while it executes.
 
     Exit code: 0 when the run succeeded, 1 when it failed or was cancelled, 2 for bad input.
     """
     import logging
 
     configure_logging(logging.INFO if verbose else logging.WARNING, tracebacks=verbose)
-    where = target(ctx, database, flows)
-    code = execute(
-        lambda: _run(
-            where,
-            flow,
-            inputs or [],
-            title=title,
-            idempotency_key=idempotency_key,
-            confirm=confirm,
-            follow=follow_run,
-            concurrency=concurrency,
-            lease=lease,
+    where = target(ctx, database, flows, server, token)
+    if where.remote:
+        code = execute(
+            lambda: _run_remote(
+                where,
+                flow,
+                inputs or [],
+                title=title,
+                project=project,
+                idempotency_key=idempotency_key,
+                confirm=confirm,
+                follow=follow_run,
+            )
         )
-    )
+    else:
+        code = execute(
+            lambda: _run(
+                where,
+                flow,
+                inputs or [],
+                title=title,
+                project=project,
+                idempotency_key=idempotency_key,
+                confirm=confirm,
+                follow=follow_run,
+                concurrency=concurrency,
+                lease=lease,
+            )
+        )
     raise typer.Exit(code)
 
 
@@ -103,6 +134,7 @@ async def _run(
     pairs: list[str],
     *,
     title: str | None,
+    project: str | None,
     idempotency_key: str | None,
     confirm: bool | None,
     follow: bool,
@@ -119,6 +151,7 @@ async def _run(
         flow.input_schema, parse_inputs(pairs, flow.input_schema, flow=flow.name), flow=flow.name
     )
 
+    from baton.cli.backend import LocalBackend
     from baton.runtime import open_runtime
 
     async with open_runtime(where.database_url, catalog=catalog) as rt:
@@ -126,6 +159,7 @@ async def _run(
             RunRequest(
                 flow=flow.name,
                 inputs=inputs,
+                project_id=project,
                 title=title or "",
                 idempotency_key=idempotency_key,
                 confirm=bool(confirm),
@@ -133,75 +167,142 @@ async def _run(
                 source={"via": "cli"},
             )
         )
-        run_id = str(run["id"])
-        if run["status"] == "needs_confirmation":
-            if confirm is None and is_tty():
-                show_plan(run, flow)
-                from rich.prompt import Confirm
+        backend = LocalBackend(rt, where)
+        return await _created(
+            backend,
+            run,
+            flow.name,
+            flow.version,
+            confirm=confirm,
+            follow=follow,
+            concurrency=concurrency,
+            lease=lease,
+        )
 
-                if Confirm.ask(
-                    "Start this run? \\[y/N]",
-                    default=False,
-                    console=console,
-                    show_default=False,
-                    show_choices=False,
-                ):
-                    run = await rt.lifecycle.confirm(run_id, by=user())
-                else:
-                    run = await rt.lifecycle.cancel(run_id, reason="not confirmed at the terminal", by=user())
-                    console.print(f"run [bold]{escape(run_id)}[/] {styled_status(str(run['status']))}")
-                    return 1
+
+async def _run_remote(
+    where: Target,
+    flow_name: str,
+    pairs: list[str],
+    *,
+    title: str | None,
+    project: str | None,
+    idempotency_key: str | None,
+    confirm: bool | None,
+    follow: bool,
+) -> int:
+    """The same over HTTP: the server validates and executes; inputs are typed here by its schema."""
+    from baton.cli.backend import HttpBackend, call, make_client, run_from_api
+    from baton.domain.errors import NotFound
+
+    client = make_client(where)
+    try:
+        try:
+            flow = await call(client.server, client.flow, flow_name)
+        except NotFound as error:  # the server's words, without its advice for a local --flows
+            known = error.message.partition(" Load more with --flows")[0].rstrip(". ")
+            raise NotFound(
+                f"{known} (on the server at {client.server}; it loads more with `baton serve --flows …`)"
+            ) from None
+        inputs = parse_inputs(pairs, flow.get("input_schema") or {}, flow=str(flow["name"]))
+        fields: dict[str, Any] = {"confirm": bool(confirm), "source": {"via": "cli"}}
+        if title:
+            fields["title"] = title
+        if project:
+            fields["project_id"] = project
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+        run = run_from_api(await call(client.server, client.create_run, str(flow["name"]), inputs, **fields))
+        backend = HttpBackend(client, where)
+        return await _created(
+            backend, run, str(flow["name"]), str(flow.get("version") or ""), confirm=confirm, follow=follow
+        )
+    finally:
+        client.close()
+
+
+async def _created(
+    backend: "Backend",
+    run: dict[str, Any],
+    flow_name: str,
+    flow_version: str,
+    *,
+    confirm: bool | None,
+    follow: bool,
+    concurrency: int = 8,
+    lease: float = 30.0,
+) -> int:
+    """After creation, in both modes: ask for confirmation or say how to give it, then follow."""
+    where = backend.target
+    run_id = str(run["id"])
+    if run["status"] == "needs_confirmation":
+        if confirm is None and is_tty():
+            show_plan(run, flow_name, flow_version)
+            from rich.prompt import Confirm
+
+            if Confirm.ask(
+                "Start this run? \\[y/N]",
+                default=False,
+                console=console,
+                show_default=False,
+                show_choices=False,
+            ):
+                run = await backend.confirm(run_id)
             else:
-                console.print(
-                    f"run [bold]{escape(run_id)}[/] {styled_status('needs_confirmation')}: "
-                    f"its plan waits for confirmation.\n  confirm it from another shell: "
-                    f"[bold]{escape(where.command('runs', 'confirm', run_id))}[/]\n"
-                    f"  see the plan first:             {escape(where.command('runs', 'show', run_id))}",
-                    soft_wrap=True,
-                )
-                if follow:
-                    console.print("waiting for confirmation (Ctrl-C stops waiting; the run stays)…")
-        if not follow:
-            console.print(f"{escape(run_id)} {styled_status(str(run['status']))}", soft_wrap=True)
-            if run["status"] not in ("needs_confirmation",):
-                console.print(
-                    f"[dim]execute it with `baton worker`, watch it with "
-                    f"`{escape(where.command('runs', 'watch', run_id))}`[/]",
-                    soft_wrap=True,
-                )
-            return 0
-        return await follow_and_summarize(rt, where, run_id, concurrency=concurrency, lease=lease)
+                run = await backend.cancel(run_id, "not confirmed at the terminal")
+                console.print(f"run [bold]{escape(run_id)}[/] {styled_status(str(run['status']))}")
+                return 1
+        else:
+            console.print(
+                f"run [bold]{escape(run_id)}[/] {styled_status('needs_confirmation')}: "
+                f"its plan waits for confirmation.\n  confirm it from another shell: "
+                f"[bold]{escape(where.command('runs', 'confirm', run_id))}[/]\n"
+                f"  see the plan first:             {escape(where.command('runs', 'show', run_id))}",
+                soft_wrap=True,
+            )
+            if follow:
+                console.print("waiting for confirmation (Ctrl-C stops waiting; the run stays)…")
+    if not follow:
+        console.print(f"{escape(run_id)} {styled_status(str(run['status']))}", soft_wrap=True)
+        if run["status"] not in ("needs_confirmation",):
+            runs_it = "the server's workers execute it" if where.remote else "execute it with `baton worker`"
+            console.print(
+                f"[dim]{runs_it}, watch it with `{escape(where.command('runs', 'watch', run_id))}`[/]",
+                soft_wrap=True,
+            )
+        return 0
+    return await follow_and_summarize(backend, run_id, concurrency=concurrency, lease=lease)
 
 
 async def follow_and_summarize(
-    rt: Any,
-    where: Target,
+    backend: "Backend",
     run_id: str,
     *,
     concurrency: int = 8,
     lease: float = 30.0,
     with_worker: bool = True,
 ) -> int:
-    """Follow a run to its end (executing it here when `with_worker`); print the summary; the exit code."""
+    """Follow a run to its end, print the summary, return the exit code (0: succeeded).
+
+    Locally and `with_worker`, an in-process worker executes the run meanwhile; over HTTP the
+    server's workers do, and the view reads the run's event stream.
+    """
     import logging
 
     from baton.cli.live import Detached, follow, print_summary
-    from baton.engine.worker import WorkerSettings
 
     if not logging.getLogger().handlers:  # `baton run` has configured it already (-v)
         configure_logging(logging.WARNING, tracebacks=False)
 
-    settings = (
-        WorkerSettings(concurrency=concurrency, lease_s=lease, poll_s=0.5, drain_s=5.0)
-        if with_worker
-        else None
-    )
+    where = backend.target
+    feed = backend.feed(run_id)
+    worker = backend.worker(concurrency=concurrency, lease=lease) if with_worker else None
     try:
-        final = await follow(rt, where, run_id, worker=settings)
+        final = await follow(feed, where, worker=worker)
     except Detached:
         err_console.print(
-            f"[yellow]stopped following {escape(run_id)}[/]; the run goes on wherever a worker runs "
-            f"(`baton worker`).\n  watch it:  {escape(where.command('runs', 'watch', run_id))}\n"
+            f"[yellow]stopped following {escape(run_id)}[/]; {escape(feed.goes_on)}.\n"
+            f"  watch it:  {escape(where.command('runs', 'watch', run_id))}\n"
             f"  cancel it: {escape(where.command('runs', 'cancel', run_id))}",
             soft_wrap=True,
         )
@@ -210,13 +311,14 @@ async def follow_and_summarize(
     return 0 if final["status"] == "succeeded" else 1
 
 
-def show_plan(run: dict[str, Any], flow: Any) -> None:
+def show_plan(run: dict[str, Any], flow_name: str, flow_version: str) -> None:
     """The steps the run will execute, with their kind and needs, and its inputs."""
     from rich.table import Table
 
+    version = f" v{escape(flow_version)}" if flow_version else ""
     console.print(
-        f"\n[bold]{escape(str(run.get('title') or flow.name))}[/]  [dim]{escape(str(run['id']))} · "
-        f"flow {escape(flow.name)} v{escape(str(flow.version))}[/]",
+        f"\n[bold]{escape(str(run.get('title') or flow_name))}[/]  [dim]{escape(str(run['id']))} · "
+        f"flow {escape(flow_name)}{version}[/]",
         soft_wrap=True,
     )
     if run.get("inputs"):
@@ -228,7 +330,7 @@ def show_plan(run: dict[str, Any], flow: Any) -> None:
     table.add_column("does")
     for step in run.get("steps") or []:
         spec = step.get("spec") or {}
-        does = spec.get("engine") or spec.get("handler") or ""
+        does = spec.get("engine") or spec.get("handler") or step.get("engine") or ""
         if spec.get("prompt"):
             does = f"{does}: {spec['prompt']}" if does else str(spec["prompt"])
         table.add_row(

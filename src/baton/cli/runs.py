@@ -1,29 +1,36 @@
-"""`baton runs …`: list, inspect, confirm, cancel, retry, resume, fork, read events, watch."""
+"""`baton runs …`: list, inspect, confirm, cancel, retry, resume, fork, read events, watch.
 
-from typing import Annotated, Any
+Every command works on the database here or, with --server, on a Baton server (see backend.py).
+"""
+
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from baton.cli.backend import Backend, open_backend
 from baton.cli.common import (
     DatabaseOpt,
     FlowsOpt,
+    ServerOpt,
     Target,
+    TokenOpt,
     console,
     dumps,
     duration,
     execute,
     join,
     out,
-    parse_inputs,
     run_duration,
     shorten,
     styled_status,
     target,
-    user,
     when,
 )
 from baton.cli.run import InputsOpt, follow_and_summarize
+
+if TYPE_CHECKING:
+    from baton.cli.live import LiveEvent
 
 app = typer.Typer(help="List, inspect and act on runs.", no_args_is_help=True)
 
@@ -33,7 +40,8 @@ RunId = Annotated[
 FollowOpt = Annotated[
     bool,
     typer.Option(
-        "--follow/--no-follow", help="Then execute the run here and show it live, like `baton run`."
+        "--follow/--no-follow",
+        help="Then show the run live until it ends, like `baton run` (locally: executing it here).",
     ),
 ]
 STATUSES = (
@@ -47,12 +55,6 @@ STATUSES = (
 )
 
 
-def _open(where: Target) -> Any:
-    from baton.runtime import open_runtime
-
-    return open_runtime(where.database_url, where.sources)
-
-
 @app.command("ls")
 def list_runs(
     ctx: typer.Context,
@@ -60,24 +62,27 @@ def list_runs(
         str | None, typer.Option("--status", help=f"Only runs in this status ({', '.join(STATUSES)}).")
     ] = None,
     flow: Annotated[str | None, typer.Option("--flow", help="Only runs of this flow.")] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", metavar="PROJECT", help="Only runs of this project.")
+    ] = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=10000, help="How many runs, newest first.")
     ] = 20,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """The runs, newest first."""
+    """The runs, newest first (over --server: the runs your token can see)."""
     if status is not None and status not in STATUSES:
         raise _usage(f"--status {status!r} is not a run status: use one of {', '.join(STATUSES)}")
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
         from rich.table import Table
 
-        from baton.store import runs as run_store
-
-        async with _open(where) as rt:
-            rows = await rt.db.read(run_store.list_runs, status=status, flow=flow, limit=limit)
+        async with open_backend(where) as backend:
+            rows = await backend.list_runs(status=status, flow=flow, project=project, limit=limit)
         if not rows:
             console.print("[dim]no runs[/]")
             return
@@ -89,14 +94,14 @@ def list_runs(
         table.add_column("reason", overflow="ellipsis", max_width=60)
         table.add_column("created", no_wrap=True)
         for r in rows:
-            reason = r.status_reason if r.status_reason != r.status else ""
+            reason = r.get("status_reason") if r.get("status_reason") != r["status"] else ""
             table.add_row(
-                escape(r.id),
-                escape(r.flow),
-                escape(r.title or ""),
-                styled_status(r.status),
-                escape(reason or ""),
-                when(r.created_at),
+                escape(str(r["id"])),
+                escape(str(r["flow"])),
+                escape(str(r.get("title") or "")),
+                styled_status(str(r["status"])),
+                escape(str(reason or "")),
+                when(r.get("created_at")),
             )
         console.print(table)
 
@@ -110,16 +115,16 @@ def show(
     events: Annotated[bool, typer.Option("--events", help="Also list the run's events.")] = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """A run: its status, inputs, steps, pending inputs and report."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
-        from baton.store import events as event_store
-
-        async with _open(where) as rt:
-            run = await rt.lifecycle.get_run(run_id)
-            rows = await rt.db.read(event_store.events_after, run_id, 0, 100_000) if events else []
+        async with open_backend(where) as backend:
+            run = await backend.get_run(run_id)
+            rows = await backend.all_events(run_id) if events else []
         _print_run(run, where)
         if events:
             _print_events(rows)
@@ -136,7 +141,7 @@ def _print_run(run: dict[str, Any], where: Target) -> None:
     )
     fields = [
         ("id", run["id"]),
-        ("flow", f"{run['flow']} v{run.get('flow_version')}"),
+        ("flow", f"{run['flow']} v{run['flow_version']}" if run.get("flow_version") else run["flow"]),
         ("reason", run.get("status_reason") if run.get("status_reason") != status else None),
         ("created", f"{when(run.get('created_at'))} by {run.get('created_by') or '-'}"),
         ("started", when(run.get("started_at")) if run.get("started_at") else None),
@@ -209,7 +214,7 @@ def _print_run(run: dict[str, Any], where: Target) -> None:
             out(report.rstrip())
 
 
-def _print_events(rows: list[Any]) -> None:
+def _print_events(rows: "list[LiveEvent]") -> None:
     from rich.table import Table
 
     table = Table(title="events", title_justify="left", header_style="bold", box=None, pad_edge=False)
@@ -236,15 +241,17 @@ def confirm(
     follow: FollowOpt = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Confirm a run's plan: it is queued and starts when its concurrency key has room."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> int:
-        async with _open(where) as rt:
-            run = await rt.lifecycle.confirm(run_id, by=user())
+        async with open_backend(where) as backend:
+            run = await backend.confirm(run_id)
             _said(run, "confirmed")
-            return await follow_and_summarize(rt, where, run_id) if follow else 0
+            return await _then_follow(backend, run_id, follow)
 
     raise typer.Exit(execute(body))
 
@@ -256,13 +263,15 @@ def cancel(
     reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the run.")] = "",
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Cancel a run: at once when nothing runs, else its running steps are stopped within a heartbeat."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
-        async with _open(where) as rt:
-            run = await rt.lifecycle.cancel(run_id, reason=reason, by=user())
+        async with open_backend(where) as backend:
+            run = await backend.cancel(run_id, reason)
         if run["status"] == "cancelled":
             _said(run, "cancelled")
         else:
@@ -278,15 +287,17 @@ def retry(
     follow: FollowOpt = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Start a new run with the same flow, inputs and settings as a finished one."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> int:
-        async with _open(where) as rt:
-            run = await rt.lifecycle.retry(run_id, by=user())
+        async with open_backend(where) as backend:
+            run = await backend.retry(run_id)
             _said(run, f"created as a retry of {run_id}")
-            return await follow_and_summarize(rt, where, str(run["id"])) if follow else 0
+            return await _then_follow(backend, str(run["id"]), follow)
 
     raise typer.Exit(execute(body))
 
@@ -298,15 +309,17 @@ def resume(
     follow: FollowOpt = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Re-queue a failed run's failed steps; every succeeded step is kept."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> int:
-        async with _open(where) as rt:
-            run = await rt.lifecycle.resume(run_id, by=user())
+        async with open_backend(where) as backend:
+            run = await backend.resume(run_id)
             _said(run, "resumed")
-            return await follow_and_summarize(rt, where, run_id) if follow else 0
+            return await _then_follow(backend, run_id, follow)
 
     raise typer.Exit(execute(body))
 
@@ -322,23 +335,23 @@ def fork(
     follow: FollowOpt = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """A new run from a step of an earlier one: the succeeded steps upstream of it are copied."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> int:
-        async with _open(where) as rt:
-            edited = None
-            if inputs:
-                source = await rt.lifecycle.get_run(run_id)
-                flow = rt.catalog.get(source["flow"])
-                changes = parse_inputs(inputs, flow.input_schema, flow=flow.name)
-                edited = {**(source.get("inputs") or {}), **changes}
-            run = await rt.lifecycle.fork(run_id, from_step, inputs=edited, by=user())
+        async with open_backend(where) as backend:
+            run = await backend.fork(run_id, from_step, inputs or [])
             _said(run, f"forked from {run_id} at step {from_step}")
-            return await follow_and_summarize(rt, where, str(run["id"])) if follow else 0
+            return await _then_follow(backend, str(run["id"]), follow)
 
     raise typer.Exit(execute(body))
+
+
+async def _then_follow(backend: Backend, run_id: str, follow: bool) -> int:
+    return await follow_and_summarize(backend, run_id) if follow else 0
 
 
 @app.command("events")
@@ -353,43 +366,29 @@ def events(
     ] = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """The run's events as JSON lines: seq, type, step_key, attempt, payload, created_at."""
-    where = target(ctx, database, flows)
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> None:
-        from baton.engine.follow import follow_run
-        from baton.store import events as event_store
-
-        async with _open(where) as rt:
-            await rt.lifecycle.get_run(run_id)  # a clear error for an unknown run
+        async with open_backend(where) as backend:
+            await backend.get_run(run_id)  # a clear error for an unknown run
             if follow:
-                async for row in follow_run(rt.db, run_id, after):
-                    out(_event_json(row))
+                async for event in backend.follow_events(run_id, after):
+                    out(dumps(event.as_json()))
                 return
             seq = after
             while True:
-                rows = await rt.db.read(event_store.events_after, run_id, seq, 1000)
-                for row in rows:
-                    out(_event_json(row))
-                    seq = row.seq
-                if len(rows) < 1000:
+                page = await backend.events(run_id, seq, 1000)
+                for event in page:
+                    out(dumps(event.as_json()))
+                    seq = event.seq
+                if len(page) < 1000:
                     return
 
     execute(body)
-
-
-def _event_json(row: Any) -> str:
-    return dumps(
-        {
-            "seq": row.seq,
-            "type": row.type,
-            "step_key": row.step_key,
-            "attempt": row.attempt,
-            "payload": row.payload,
-            "created_at": row.created_at,
-        }
-    )
 
 
 @app.command("watch")
@@ -398,13 +397,19 @@ def watch(
     run_id: RunId,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Show a run live while another process (`baton worker`, `baton serve`) executes it."""
-    where = target(ctx, database, flows)
+    """Show a run live while others execute it (`baton worker`, `baton serve`), until it ends.
+
+    Locally it follows the database; with --server the run's event stream. A finished run is shown
+    once and the command exits. Exit code: 0 succeeded, 1 failed or cancelled.
+    """
+    where = target(ctx, database, flows, server, token)
 
     async def body() -> int:
-        async with _open(where) as rt:
-            return await follow_and_summarize(rt, where, run_id, with_worker=False)
+        async with open_backend(where) as backend:
+            return await follow_and_summarize(backend, run_id, with_worker=False)
 
     raise typer.Exit(execute(body))
 

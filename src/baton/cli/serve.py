@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import DatabaseOpt, FlowsOpt, console, execute, target
+from baton.cli.common import (
+    DatabaseOpt,
+    FlowsOpt,
+    HiddenServerOpt,
+    HiddenTokenOpt,
+    console,
+    execute,
+    local_target,
+)
 
 
 def serve(
@@ -29,14 +37,25 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: HiddenServerOpt = None,
+    token: HiddenTokenOpt = None,
 ) -> None:
     """Serve the HTTP API and live streams, with a worker in the same process by default."""
+    where = local_target(
+        ctx,
+        "serve",
+        "it is the server, over the database given with --database; choose where it listens with "
+        "--host and --port",
+        database,
+        flows,
+        server,
+        token,
+    )
     import uvicorn
 
     from baton.api.app import create_app
     from baton.config import settings_from_env
 
-    where = target(ctx, database, flows)
     settings = settings_from_env(
         database_url=where.database_url,
         host=host,
@@ -48,13 +67,13 @@ def serve(
         public_url=public_url,
     )
     app = create_app(settings)
-    server = uvicorn.Server(
+    http = uvicorn.Server(
         uvicorn.Config(
             app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5
         )
     )
     console.print(f"Baton serving on http://{host}:{port} (database {_redacted(where.database_url)})")
-    server.run()
+    http.run()
 
 
 def _redacted(url: str) -> str:
@@ -78,14 +97,25 @@ def token_create(
     ] = "member",
     name: Annotated[str, typer.Option("--name", help="A label for the token.")] = "cli",
     database: DatabaseOpt = None,
+    server: HiddenServerOpt = None,
+    token: HiddenTokenOpt = None,
 ) -> None:
     """Make an API token straight in the database (for the first admin, scripts and CI)."""
     from baton.cli.common import print_error
 
+    where = local_target(
+        ctx,
+        "token create",
+        "it writes the token into the database; run it where the database is reachable, with "
+        "--database URL (over HTTP an admin makes tokens with POST /v1/tokens)",
+        database,
+        None,
+        server,
+        token,
+    )
     if role not in ("viewer", "member", "admin"):
         print_error(f"--role {role!r} is not one of viewer, member, admin")
         raise typer.Exit(2)
-    where = target(ctx, database, None)
 
     async def body() -> str:
         from baton.api.bootstrap import create_token_for

@@ -7,7 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from baton.cli.common import DatabaseOpt, FlowsOpt, Target, configure_logging, execute, target
+from baton.cli.common import (
+    DatabaseOpt,
+    FlowsOpt,
+    HiddenServerOpt,
+    HiddenTokenOpt,
+    Target,
+    configure_logging,
+    execute,
+    local_target,
+)
 
 logger = logging.getLogger("baton.worker")
 
@@ -28,8 +37,20 @@ def worker(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
+    server: HiddenServerOpt = None,
+    token: HiddenTokenOpt = None,
 ) -> None:
     """Run steps of the loaded flows, from every run in the database, until stopped (Ctrl-C, SIGTERM)."""
+    where = local_target(
+        ctx,
+        "worker",
+        "a worker claims steps from the database itself; run it where the database is reachable, "
+        "with --database URL (a server runs its own workers: `baton serve --workers N`)",
+        database,
+        flows,
+        server,
+        token,
+    )
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         from baton.cli.common import print_error
@@ -37,7 +58,6 @@ def worker(
         print_error(f"--log-level {log_level!r} is not one of debug, info, warning, error")
         raise typer.Exit(2)
     configure_logging(level)
-    where = target(ctx, database, flows)
 
     async def body() -> None:
         await _work(where, concurrency=concurrency, lease=lease, poll=poll, until_idle=until_idle)

@@ -58,6 +58,8 @@ class Worker:
         self._side: list[asyncio.Task[None]] = []
         self.steps_run = 0
         self._until_idle = False
+        #: Whether the last claim got as many steps as it had free slots (so more may be ready).
+        self._capped = True
 
     def stop(self) -> None:
         """Stop claiming; in-flight steps get `drain_s` to finish. Safe to call from the loop's thread."""
@@ -112,8 +114,11 @@ class Worker:
                     step_results.claim_with_events, self.id, self.settings.lease_s, free, names
                 )
                 metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+                self._capped = len(claimed) >= free
                 for row in claimed:
                     self._start(row)
+                if self._capped and len(self.in_flight) < self.settings.concurrency:
+                    continue  # a slot freed while we claimed, and more steps may be ready
             timeout = self.settings.poll_s
             if until_idle and not self.in_flight:
                 upcoming = await self.db.read(_seconds_until_next_step)
@@ -142,16 +147,15 @@ class Worker:
         execution.task.add_done_callback(lambda _task: self._finished(token))
 
     def _finished(self, token: str) -> None:
-        was_full = len(self.in_flight) >= self.settings.concurrency
         execution = self.in_flight.pop(token, None)
         self.steps_run += 1
         if execution is not None and execution.task is not None and not execution.task.cancelled():
             error = execution.task.exception()
             if error is not None:
                 self.logger.error("step task crashed: %r", error, extra={"action": "worker.task_crashed"})
-        if was_full or (self._until_idle and not self.in_flight):
-            # Only a full worker (its claims were capped) or one that stops when idle needs waking
-            # for this; new work wakes the claim loop through the "steps" topic.
+        if self._capped or (self._until_idle and not self.in_flight):
+            # A freed slot matters when the last claim was capped by free slots (more work may be
+            # waiting), or to a worker that stops when idle; new work wakes the loop via "steps".
             self.db.topics.notify([f"worker:{self.id}"])
 
     async def _check_cancels(self) -> None:
