@@ -32,7 +32,7 @@ def test_declaring_steps_builds_the_graph_in_order() -> None:
 
     assert [s.key for s in flow.steps] == ["gather", "write", "approve"]
     assert flow.steps[1].needs == ("gather",)
-    assert flow.steps[1].engine == "offline"
+    assert flow.steps[1].engine == "default"  # BATON_DEFAULT_ENGINE, else offline
     assert flow.steps[2].kind is StepKind.INPUT
     assert flow.steps[2].max_attempts == 1
     assert flow.handler_for("gather") is gather

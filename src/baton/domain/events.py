@@ -28,6 +28,7 @@ EventType = Literal[
     "step.cancelled",
     "step.lease_expired",
     "step.stale_result",
+    "step.engine",
     "score.updated",
     "input.requested",
     "input.answered",

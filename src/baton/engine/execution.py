@@ -13,11 +13,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from baton.agents.base import StepRequest, StepResult
-from baton.agents.registry import resolve_engine
+from baton.agents.base import PolicyRefused, StepResult
 from baton.domain.errors import BatonError, StepFailed
+from baton.domain.events import EventDraft
+from baton.domain.policy import Policy
 from baton.domain.status import StepKind
 from baton.engine import metrics, step_results
+from baton.engine.agent_step import plan_agent_step, policy_of
 from baton.engine.context import RunningStep
 from baton.engine.step_results import Claim
 from baton.flows.spec import Flow, accepts_argument
@@ -38,9 +40,9 @@ class LeaseLostError(Exception):
 
 def load_step_inputs(
     conn: Connection, run_id: str, needs: list[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The run's inputs and the outputs of the steps this one needs (large ones read from artifacts)."""
-    run_inputs = run_store.get_inputs(conn, run_id)
+    run_inputs, policy = run_store.inputs_and_policy(conn, run_id)
     upstream: dict[str, Any] = {}
     # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
     for row in step_store.load_outputs(conn, run_id, needs):
@@ -49,7 +51,7 @@ def load_step_inputs(
             upstream[row.key] = json.loads(content) if content is not None else None
         else:
             upstream[row.key] = row.output
-    return dict(run_inputs or {}), upstream
+    return dict(run_inputs or {}), upstream, policy
 
 
 class StepExecution:
@@ -65,6 +67,7 @@ class StepExecution:
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
         self.lost = False
+        self.policy = Policy()
 
     async def run(self) -> None:
         started = time.perf_counter()
@@ -78,23 +81,30 @@ class StepExecution:
     async def _run(self) -> None:
         claim = self.claim
         try:
-            inputs, upstream = await self.db.read(load_step_inputs, claim.run_id, list(self.row.needs or []))
+            inputs, upstream, policy = await self.db.read(
+                load_step_inputs, claim.run_id, list(self.row.needs or [])
+            )
+            self.policy = policy_of(policy)
             self.ctx = RunningStep(claim, inputs, upstream)
             self.ctx.cancel_reason = self.cancel_reason
             flusher = asyncio.create_task(self._flush_forever(), name=f"baton-flush-{claim.key}")
             try:
                 timeout = (self.row.spec or {}).get("timeout_s")
                 async with asyncio.timeout(timeout):
-                    output = await self._call()
+                    produced = await self._call()
             finally:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
             if not await self._flush():
                 return
-            await self._shielded(
-                step_results.record_success, claim, output, list(self.ctx.artifacts), self.flows
+            produced = step_results.Produced(
+                output=produced.output,
+                artifacts=list(self.ctx.artifacts),
+                usage=produced.usage,
+                engine=produced.engine,
             )
+            await self._shielded(step_results.record_success, claim, produced, self.flows)
         except asyncio.CancelledError:
             if self.lost:
                 logger.warning(
@@ -108,6 +118,14 @@ class StepExecution:
         except TimeoutError:
             timeout = (self.row.spec or {}).get("timeout_s")
             await self._fail(f"timed out after {timeout:g} s", retryable=True)
+        except PolicyRefused as error:
+            denied = EventDraft(
+                "policy.denied",
+                {"rule": error.rule, "reason": error.message},
+                step_key=claim.key,
+                attempt=claim.attempt,
+            )
+            await self._fail(error.message, retryable=False, events=[denied])
         except StepFailed as error:
             await self._fail(error.message, retryable=error.retryable)
         except BatonError as error:
@@ -116,7 +134,7 @@ class StepExecution:
             logger.exception("Step %s raised", claim.key, extra=self._extra("step.failed"))
             await self._fail(f"{type(error).__name__}: {error}", retryable=True)
 
-    async def _call(self) -> Any:
+    async def _call(self) -> step_results.Produced:
         assert self.ctx is not None
         kind = StepKind(self.row.kind)
         spec = self.row.spec or {}
@@ -124,19 +142,22 @@ class StepExecution:
             fn = self.flow.handler_for(str(spec.get("handler") or self.row.key))
             args = (self.ctx,) if accepts_argument(fn) else ()
             if inspect.iscoroutinefunction(fn):
-                return await fn(*args)
-            return await asyncio.to_thread(fn, *args)
+                return step_results.Produced(await fn(*args))
+            return step_results.Produced(await asyncio.to_thread(fn, *args))
         if kind is StepKind.AGENT:
-            engine = resolve_engine(str(spec.get("engine") or "offline"), self.flow.functions)
-            request = StepRequest(
-                agent=self.row.key,
-                prompt=str(spec.get("prompt") or ""),
-                inputs=self.ctx.inputs,
-                upstream=self.ctx.upstream,
-                engine=engine.spec,
+            plan = plan_agent_step(
+                self.row, self.flow, self.ctx.inputs, self.ctx.upstream, self.policy, self.claim.run_id
             )
-            result: StepResult = await engine.run(request, self.ctx)
-            return result.output
+            if not await self.db.write(step_results.append_step_events, self.claim, plan.events):
+                self.lost = True
+                raise asyncio.CancelledError  # the lease was lost before the engine started
+            result: StepResult = await plan.engine.run(plan.request, self.ctx)
+            label = (
+                result.engine
+                if result.model in (None, result.engine)
+                else f"{result.engine} ({result.model})"
+            )
+            return step_results.Produced(result.output, usage=result.usage or None, engine=label)
         raise StepFailed(f"step {self.row.key} of kind {kind} cannot be run by a worker", retryable=False)
 
     async def _flush_forever(self) -> None:
@@ -154,11 +175,13 @@ class StepExecution:
             return True
         return await self.db.write(step_results.append_step_events, self.claim, drafts)
 
-    async def _fail(self, error: str, *, retryable: bool) -> None:
+    async def _fail(self, error: str, *, retryable: bool, events: list[EventDraft] | None = None) -> None:
         if self.ctx is not None:
             with contextlib.suppress(Exception):
                 await self._flush()
-        await self._shielded(step_results.record_failure, self.claim, error, retryable, self.flows)
+        await self._shielded(
+            step_results.record_failure, self.claim, error, retryable, self.flows, events or []
+        )
 
     async def _shielded(self, fn: Any, *args: Any) -> Any:
         """The final write of an attempt survives the worker's own cancellation.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -76,15 +76,37 @@ def claim_with_events(
     return claimed
 
 
-def record_success(
-    conn: Connection, claim: Claim, output: Any, artifacts: Sequence[ArtifactDraft], flows: progress.Flows
-) -> bool:
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What a successful attempt hands over: its output, artifacts and how it was produced."""
+
+    output: Any
+    artifacts: Sequence[ArtifactDraft] = ()
+    usage: Mapping[str, int] | None = None
+    engine: str | None = None
+
+
+def record_success(conn: Connection, claim: Claim, produced: Produced, flows: progress.Flows) -> bool:
     """Store the result, its artifacts and events, and move the run on. False when the lease was lost."""
     run = run_store.lock_run(conn, claim.run_id)
     if run is None:
         return False
+    # The fence comes first: a worker that lost the lease writes nothing, not even an artifact.
+    if step_store.hold_lease(conn, claim.step_id, claim.token) is None:
+        _record_stale(conn, claim)
+        return False
+    output = produced.output
     encoded = json.dumps(output, default=str)
-    fields: dict[str, Any] = {"output": None, "output_ref": None, "output_text": None, "lease_token": None}
+    fields: dict[str, Any] = {
+        "output": None,
+        "output_ref": None,
+        "output_text": None,
+        "lease_token": None,
+        "error": None,
+        "usage": dict(produced.usage) if produced.usage else None,
+    }
+    if produced.engine:
+        fields["engine"] = produced.engine
     drafts: list[EventDraft] = []
     if len(encoded) > INLINE_OUTPUT_BYTES:
         # A large output is stored once as an artifact; events and the run row stay small.
@@ -103,10 +125,8 @@ def record_success(
         fields["output"] = json.loads(encoded)
         fields["output_text"] = output if isinstance(output, str) else None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
-    if finished is None:
-        _record_stale(conn, claim)
-        return False
-    for draft in artifacts:
+    assert finished is not None  # the lease is held under this transaction's lock
+    for draft in produced.artifacts:
         stored = artifact_store.insert_artifact(
             conn,
             claim.run_id,
@@ -122,18 +142,47 @@ def record_success(
         0,
         EventDraft(
             "step.succeeded",
-            {"output_ref": fields["output_ref"], "preview": preview, "size": len(encoded)},
+            {
+                "output_ref": fields["output_ref"],
+                "preview": preview,
+                "size": len(encoded),
+                "usage": fields["usage"],
+            },
             step_key=claim.key,
             attempt=claim.attempt,
         ),
     )
+    if produced.usage:
+        total = add_usage(run.usage, produced.usage)
+        run_store.update_run(conn, run.id, usage=total)
+        budget = (((run.policy or {}).get("effective") or {}).get("max_tokens")) or None
+        spent = total.get("input_tokens", 0) + total.get("output_tokens", 0)
+        if budget is not None and spent > budget:
+            reason = f"token budget exceeded: {spent} tokens used, the policy allows {budget} (max_tokens)"
+            locked = run_store.get_run(conn, run.id)
+            assert locked is not None
+            drafts += progress.finish_run(conn, locked, flows, progress.Finish(False, reason))
+            append_events(conn, claim.run_id, drafts)
+            return True
     drafts += progress.advance_run(conn, run, flows, finished=finished)
     append_events(conn, claim.run_id, drafts)
     return True
 
 
+def add_usage(total: Mapping[str, int] | None, more: Mapping[str, int]) -> dict[str, int]:
+    summed = dict(total or {})
+    for key, value in more.items():
+        summed[key] = summed.get(key, 0) + int(value)
+    return summed
+
+
 def record_failure(
-    conn: Connection, claim: Claim, error: str, retryable: bool, flows: progress.Flows
+    conn: Connection,
+    claim: Claim,
+    error: str,
+    retryable: bool,
+    flows: progress.Flows,
+    events: Sequence[EventDraft] = (),
 ) -> bool:
     """Retry later with backoff while attempts remain; otherwise fail the step and judge the run."""
     run = run_store.lock_run(conn, claim.run_id)
@@ -143,6 +192,8 @@ def record_failure(
     if step is None:
         _record_stale(conn, claim)
         return False
+    if events:
+        append_events(conn, claim.run_id, list(events))
     if retryable and step.attempt < step.max_attempts and run.cancel_requested_at is None:
         delay = scheduler.retry_delay(step.attempt, float((step.spec or {}).get("backoff_s") or 0))
         step_store.finish_step(

@@ -95,11 +95,11 @@ for _reviewer, _prompt in (
     ("risks", "List the riskiest parts and what could break."),
     ("tests", "Judge the tests: what is covered and what is missing."),
 ):
-    repo_review.agent(_reviewer, engine="offline", prompt=_prompt, needs=["collect"], timeout_s=300)
+    repo_review.agent(_reviewer, engine="default", prompt=_prompt, needs=["collect"], timeout_s=300)
 
 repo_review.agent(
     "synthesis",
-    engine="offline",
+    engine="default",
     prompt="Combine the three reviews into one list of recommendations.",
     needs=["architecture", "risks", "tests"],
     timeout_s=300,

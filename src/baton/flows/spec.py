@@ -31,10 +31,13 @@ class StepSpec:
     max_attempts: int = 3
     backoff_s: float = 1.0
     label: str | None = None
+    #: an agent step's persona, engine, model settings, tools and output schema, as stored
+    agent: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """What is stored in the step row's `spec` column."""
         return {
+            "agent": dict(self.agent) if self.agent is not None else None,
             "handler": self.handler,
             "engine": self.engine,
             "prompt": self.prompt,
@@ -160,20 +163,42 @@ class Flow:
         self,
         key: str,
         *,
-        engine: str | StepFunction = "offline",
+        engine: str | StepFunction | None = None,
         prompt: str = "",
         needs: Sequence[str] = (),
         timeout_s: float | None = None,
         max_attempts: int = 3,
         backoff_s: float = 1.0,
         label: str | None = None,
+        agent: Any = None,
+        persona: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        tools: Sequence[str] = (),
+        output_schema: Mapping[str, Any] | None = None,
     ) -> StepSpec:
-        """Declare an agent step run by an engine (`offline`, `python:mod:fn` or a callable)."""
+        """Declare an agent step.
+
+        `agent` is a declared agent (persona, engine, settings, tools, output schema; see
+        baton.agents.personas); the other arguments override its fields. `engine` is a spec
+        string (`default` = BATON_DEFAULT_ENGINE or offline, `offline`, `openai:MODEL`,
+        `cli:NAME`, `python:mod:fn`…) or a callable `fn(request, ctx)`.
+        """
+        fields = _agent_fields(agent)
         if callable(engine):
             self.functions[key] = engine
             engine_spec = f"function:{key}"
         else:
-            engine_spec = engine
+            engine_spec = engine or str(fields.get("engine") or "default")
+        fields["engine"] = engine_spec
+        fields.setdefault("name", key)
+        if persona is not None:
+            fields["persona"] = persona
+        if settings is not None:
+            fields["model_settings"] = dict(settings)
+        if tools:
+            fields["tools"] = list(tools)
+        if output_schema is not None:
+            fields["output_schema"] = dict(output_schema)
         return self.add(
             StepSpec(
                 key=key,
@@ -185,6 +210,7 @@ class Flow:
                 max_attempts=max_attempts,
                 backoff_s=backoff_s,
                 label=label,
+                agent=fields,
             )
         )
 
@@ -300,3 +326,23 @@ def accepts_argument(fn: StepFunction) -> bool:
         return len(inspect.signature(fn).parameters) > 0
     except (TypeError, ValueError):
         return True
+
+
+_AGENT_FIELDS = ("name", "description", "persona", "engine", "model_settings", "tools", "output_schema")
+
+
+def _agent_fields(agent: Any) -> dict[str, Any]:
+    """A declared agent (an object or a mapping with the agent fields) as plain, storable data."""
+    if agent is None:
+        return {}
+    if isinstance(agent, Mapping):
+        found = {k: agent[k] for k in _AGENT_FIELDS if k in agent}
+    else:
+        found = {k: getattr(agent, k) for k in _AGENT_FIELDS if getattr(agent, k, None) is not None}
+    if "model_settings" in found:
+        found["model_settings"] = dict(found["model_settings"])
+    if "tools" in found:
+        found["tools"] = list(found["tools"])
+    if found.get("output_schema") is not None:
+        found["output_schema"] = dict(found["output_schema"])
+    return found

@@ -168,3 +168,11 @@ def list_visible_runs(
             (runs.c.created_at < created) | ((runs.c.created_at == created) & (runs.c.id < run_id))
         )
     return list(conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)))
+
+
+def inputs_and_policy(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a running step needs of its run: the inputs and the policy snapshot."""
+    row = conn.execute(select(runs.c.inputs, runs.c.policy).where(runs.c.id == run_id)).one_or_none()
+    if row is None:
+        raise LookupError(f"run {run_id} not found")
+    return dict(row.inputs or {}), dict(row.policy or {})

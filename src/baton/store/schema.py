@@ -66,6 +66,8 @@ runs = Table(
     Column("last_seq", BigInteger, nullable=False, server_default="0"),
     Column("result", JSON, nullable=True),
     Column("report", Text, nullable=True),
+    #: token counts summed over every step attempt that reported usage
+    Column("usage", JSON, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("queued_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
@@ -105,6 +107,8 @@ steps = Table(
     Column("output_text", Text, nullable=True),
     Column("error", Text, nullable=True),
     Column("engine", String(200), nullable=True),
+    #: token counts of the attempt that succeeded: input_tokens, output_tokens
+    Column("usage", JSON, nullable=True),
     UniqueConstraint("run_id", "key"),
     # The claim query: queued steps whose time has come, oldest first.
     Index("ix_steps_claimable", "status", "available_at"),
