@@ -117,7 +117,8 @@ class StepExecution:
             raise  # the worker itself is shutting down; the lease expires and the reaper requeues
         except TimeoutError:
             timeout = (self.row.spec or {}).get("timeout_s")
-            await self._fail(f"timed out after {timeout:g} s", retryable=True)
+            what = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+            await self._fail(what, retryable=True)
         except PolicyRefused as error:
             denied = EventDraft(
                 "policy.denied",
