@@ -43,8 +43,8 @@ from baton.agents.base import (
     StepRequest,
     StepResult,
 )
+from baton.agents.processes import _die_with_parent, stop_group
 from baton.domain.errors import StepFailed, UsageError
-from baton.engine.processes import _die_with_parent, stop_group
 
 #: Every process a CLI agent spawns carries `BATON_AGENT_MARKER=<run_id>:<step_key>`.
 MARKER_ENV = "BATON_AGENT_MARKER"

@@ -34,6 +34,7 @@ def step_out(row: Mapping[str, Any]) -> StepOut:
         output=row.get("output"),
         output_ref=row.get("output_ref"),
         output_text=row.get("output_text"),
+        usage=row.get("usage"),
     )
 
 
@@ -87,6 +88,7 @@ def run_out(snapshot: Mapping[str, Any]) -> RunOut:
         policy=snapshot.get("policy") or {},
         result=snapshot.get("result"),
         report=snapshot.get("report"),
+        usage=snapshot.get("usage"),
         steps=[step_out(s) for s in snapshot.get("steps", [])],
         pending_inputs=[input_out(i) for i in snapshot.get("pending_inputs", []) if i["status"] == "pending"],
     )

@@ -23,6 +23,24 @@ class Strict(BaseModel):
 
 
 class RunCreate(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "flow": "repo-review",
+                    "inputs": {"path": ".", "focus": "tests"},
+                    "title": "Review the tests",
+                },
+                {
+                    "flow": "repo-review",
+                    "project_id": "default",
+                    "policy": {"read_only": True},
+                    "confirm": True,
+                },
+            ]
+        }
+    )
+
     flow: str = Field(min_length=1, max_length=100, description="name of a flow from GET /v1/flows")
     project_id: str | None = Field(default=None, min_length=1, max_length=100)
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -37,20 +55,34 @@ class RunCreate(Strict):
 
 
 class TransitionBody(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "the plan looks right"}]})
+
     reason: str = Field(default="", max_length=1000)
 
 
 class RetryBody(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "the model timed out", "idempotency_key": "retry-1"}]}
+    )
+
     reason: str = Field(default="", max_length=1000)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=150)
 
 
 class ForkBody(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"from_step": "synthesis", "inputs": {"focus": "security"}}]}
+    )
+
     from_step: str = Field(min_length=1, max_length=100)
     inputs: dict[str, Any] | None = None
 
 
 class AnswerBody(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"answer": {"approved": True}}, {"answer": "yes"}]}
+    )
+
     answer: Any = Field(description="must satisfy the request's JSON Schema")
 
 
@@ -69,6 +101,7 @@ class StepOut(BaseModel):
     output: Any = None
     output_ref: str | None = None
     output_text: str | None = None
+    usage: dict[str, int] | None = None
 
 
 class InputRequestOut(BaseModel):
@@ -113,6 +146,7 @@ class RunOut(RunSummary):
     policy: dict[str, Any]
     result: Any = None
     report: str | None = None
+    usage: dict[str, int] | None = Field(default=None, description="token counts summed over the run")
     steps: list[StepOut]
     pending_inputs: list[InputRequestOut]
 
@@ -169,13 +203,24 @@ class FlowOut(BaseModel):
 
 
 class AgentOut(BaseModel):
+    """A declared agent (flow is null) or an agent step of a flow."""
+
     name: str
-    flow: str
+    flow: str | None
     engine: str
     prompt: str
+    description: str = ""
+    tools: list[str] = Field(default_factory=list)
+    output_schema: dict[str, Any] | None = None
 
 
 class ProjectCreate(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": "research", "name": "Research", "policy": {"read_only": True}}]
+        }
+    )
+
     id: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     name: str = Field(default="", max_length=200)
     policy: dict[str, Any] = Field(default_factory=dict)
@@ -190,10 +235,16 @@ class ProjectOut(BaseModel):
 
 
 class PolicyBody(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"policy": {"require_confirmation": True, "max_steps": 50}}]}
+    )
+
     policy: dict[str, Any]
 
 
 class MemberIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"user": "bob", "role": "member"}]})
+
     user: str = Field(min_length=1, max_length=200, description="user name; created if new (admins only)")
     role: Literal["viewer", "member", "admin"]
 
@@ -206,6 +257,8 @@ class MemberOut(BaseModel):
 
 
 class TokenCreate(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "ci", "expires_in_s": 86400}]})
+
     name: str = Field(default="api", min_length=1, max_length=200)
     project_id: str | None = Field(default=None, min_length=1, max_length=100)
     expires_in_s: float | None = Field(default=None, gt=0, le=5 * 365 * 86400)

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli import db, flows, inputs, runs
+from baton.cli import agents, db, flows, inputs, runs
 from baton.cli.common import DatabaseOpt, FlowsOpt, ServerOpt, TokenOpt, exit_code_for, print_error
 from baton.cli.run import run
 from baton.cli.serve import serve, token_app
@@ -66,6 +66,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(runs.app, name="runs")
 app.add_typer(inputs.app, name="inputs")
 app.add_typer(flows.app, name="flows")
+app.add_typer(agents.app, name="agents")
 app.add_typer(db.app, name="db")
 
 

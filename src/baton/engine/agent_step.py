@@ -5,27 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from baton.agents.base import Engine, PolicyRefused, StepRequest, ToolSpec
+from baton.agents.personas import AgentCatalog, default_agent_sources, load_agent_sources, resolve_engine_spec
 from baton.agents.registry import resolve_engine
 from baton.domain.events import EventDraft
 from baton.domain.policy import Policy
 from baton.flows.spec import Flow
 
-#: the engine example flows use when nothing else is said: BATON_DEFAULT_ENGINE, else offline
-DEFAULT_ENGINE_VAR = "BATON_DEFAULT_ENGINE"
-
-
-def default_engine() -> str:
-    return os.environ.get(DEFAULT_ENGINE_VAR, "").strip() or "offline"
-
 
 def effective_engine_spec(declared: str | None) -> str:
     """`default` (or nothing) means BATON_DEFAULT_ENGINE, else the offline engine."""
-    if not declared or declared == "default":
-        return default_engine()
-    return declared
+    return resolve_engine_spec(declared)
 
 
 @dataclass(frozen=True)
@@ -60,6 +53,10 @@ def plan_agent_step(
     """Everything an agent step needs, or PolicyRefused before any engine starts."""
     spec: Mapping[str, Any] = row.spec or {}
     agent: Mapping[str, Any] = spec.get("agent") or {}
+    if agent.get("ref"):
+        # Fields given on the step win over the declared agent's.
+        declared = declared_agents().get(str(agent["ref"])).to_json()
+        agent = {**declared, **{k: v for k, v in agent.items() if k != "ref"}}
     engine_spec = effective_engine_spec(str(agent.get("engine") or spec.get("engine") or "default"))
     if not engine_spec.startswith("function:") and not policy.allows_engine(engine_spec):
         raise PolicyRefused(
@@ -79,11 +76,11 @@ def plan_agent_step(
     events = [
         EventDraft(
             "policy.denied",
-            {"rule": "read_only", "tool": name, "reason": "not marked read-only; not offered to the model"},
+            {"rule": denial.rule, "tool": denial.name, "reason": denial.message},
             step_key=row.key,
             attempt=row.attempt,
         )
-        for name in denied
+        for denial in denied
     ]
     mode = "read-only" if policy.read_only else "read-write"
     events.append(
@@ -118,6 +115,12 @@ def plan_agent_step(
     return AgentPlan(engine=engine, request=request, events=events)
 
 
+@lru_cache(maxsize=1)
+def declared_agents() -> AgentCatalog:
+    """The agents of BATON_AGENTS (agents.yaml files and persona folders), loaded once per process."""
+    return load_agent_sources(default_agent_sources())
+
+
 def _workspace(inputs: Mapping[str, Any]) -> str | None:
     for key in ("workspace", "path"):
         value = inputs.get(key)
@@ -128,18 +131,12 @@ def _workspace(inputs: Mapping[str, Any]) -> str | None:
 
 def _tools(
     names: tuple[str, ...], workspace: str | None, read_only: bool
-) -> tuple[tuple[ToolSpec, ...], list[str]]:
+) -> tuple[tuple[ToolSpec, ...], list[Any]]:
     """Deny by default: only named tools exist for the step; a read-only policy drops writers."""
     if not names:
         return (), []
     from baton.agents import tools as tool_registry
 
-    wanted = list(names)
-    specs: list[ToolSpec] = []
-    if "workspace" in wanted:
-        wanted.remove("workspace")
-        if workspace is not None:
-            specs.extend(tool_registry.workspace_tools(workspace))
-    specs.extend(tool_registry.get_tools(wanted))
+    specs = tool_registry.get_tools(names, workspace=workspace)
     offered, denied = tool_registry.allowed_tools(specs, read_only_policy=read_only)
-    return tuple(offered), [t.name if isinstance(t, ToolSpec) else str(t) for t in denied]
+    return tuple(offered), list(denied)

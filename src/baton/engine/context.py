@@ -6,8 +6,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from baton.agents.processes import CommandResult, run_command
 from baton.domain.events import EventDraft
-from baton.engine.processes import CommandResult, run_command
 from baton.engine.step_results import ArtifactDraft, Claim
 
 #: A delta event carries at most this much text; longer bursts become several events.

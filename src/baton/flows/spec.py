@@ -335,6 +335,8 @@ def _agent_fields(agent: Any) -> dict[str, Any]:
     """A declared agent (an object or a mapping with the agent fields) as plain, storable data."""
     if agent is None:
         return {}
+    if isinstance(agent, str):
+        return {"ref": agent}  # a declared agent, looked up by name when the step runs
     if isinstance(agent, Mapping):
         found = {k: agent[k] for k in _AGENT_FIELDS if k in agent}
     else:

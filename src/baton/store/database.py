@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -197,11 +197,7 @@ class Database:
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                async with self.engine.connect() as aconn:
-                    if read_only:
-                        aconn = await aconn.execution_options(baton_read_only=True)
-                    async with aconn.begin():
-                        result, topics = await aconn.run_sync(body)
+                result, topics = await _uninterrupted(self._attempt(read_only, body))
                 if topics:
                     self.topics.notify(topics)
                 return result
@@ -218,6 +214,13 @@ class Database:
                     ) from error
                 raise StoreError(f"the database refused the operation: {_first_line(error)}") from error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
+        async with self.engine.connect() as aconn:
+            if read_only:
+                aconn = await aconn.execution_options(baton_read_only=True)
+            async with aconn.begin():
+                return await aconn.run_sync(body)
 
     # --- wake-ups --------------------------------------------------------------------------
 
@@ -240,6 +243,29 @@ class Database:
     async def connection(self) -> AsyncIterator[Any]:  # pragma: no cover - debugging aid
         async with self.engine.connect() as conn:
             yield conn
+
+
+async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
+    """Run one transaction attempt to its end even if the caller is cancelled meanwhile.
+
+    A cancellation (a request whose client went away, a step task the worker stops, a flusher
+    being shut down) that lands inside a transaction leaves its connection half-way; SQLAlchemy
+    then throws the connection away, and with aiosqlite its SQLite transaction - and the write
+    lock - could outlive it, so every later writer waited on `database is locked` forever. The
+    attempt is short: the caller waits for it (commit or rollback), then gets its cancellation.
+    """
+    task = asyncio.ensure_future(attempt)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieve it: nobody is left to read it, and asyncio would warn
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _create_engine(url: str, dialect: Dialect) -> AsyncEngine:

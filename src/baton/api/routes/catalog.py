@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from baton.api.dependencies import Caller, Rt
 from baton.api.schemas import AgentOut, FlowOut, FlowStepOut
 from baton.domain.errors import NotFound, UnknownFlow
+from baton.engine.agent_step import declared_agents, effective_engine_spec
 from baton.flows.spec import Flow
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -46,10 +47,33 @@ async def get_flow(name: str, _who: Caller, rt: Rt) -> FlowOut:
 
 @router.get("/agents", response_model=list[AgentOut], operation_id="list_agents")
 async def list_agents(_who: Caller, rt: Rt) -> list[AgentOut]:
-    """Every agent step of the loaded flows, with its engine."""
-    return [
-        AgentOut(name=step.key, flow=flow.name, engine=step.engine or "offline", prompt=step.prompt or "")
-        for flow in rt.catalog
-        for step in flow.steps
-        if step.kind.value == "agent"
+    """Declared agents (BATON_AGENTS), then every agent step of the loaded flows, with its engine."""
+    declared = [
+        AgentOut(
+            name=spec.name,
+            flow=None,
+            engine=effective_engine_spec(spec.engine),
+            prompt="",
+            description=spec.description,
+            tools=list(spec.tools),
+            output_schema=dict(spec.output_schema) if spec.output_schema else None,
+        )
+        for spec in declared_agents()
     ]
+    steps = []
+    for flow in rt.catalog:
+        for step in flow.steps:
+            if step.kind.value != "agent":
+                continue
+            agent = dict(step.agent or {})
+            steps.append(
+                AgentOut(
+                    name=step.key,
+                    flow=flow.name,
+                    engine=effective_engine_spec(str(agent.get("engine") or step.engine or "default")),
+                    prompt=step.prompt or "",
+                    tools=list(agent.get("tools") or []),
+                    output_schema=agent.get("output_schema"),
+                )
+            )
+    return declared + steps

@@ -36,6 +36,18 @@ RUN_LINKS = {
     "CancelRun": {"operationId": "cancel_run", "parameters": {"run_id": "$response.body#/id"}},
     "RetryRun": {"operationId": "retry_run", "parameters": {"run_id": "$response.body#/id"}},
     "ResumeRun": {"operationId": "resume_run", "parameters": {"run_id": "$response.body#/id"}},
+    "ConfirmRun": {"operationId": "confirm_run", "parameters": {"run_id": "$response.body#/id"}},
+    "ForkRun": {
+        "operationId": "fork_run",
+        "parameters": {"run_id": "$response.body#/id"},
+        "requestBody": {"from_step": "$response.body#/steps/0/key"},
+    },
+    "ListArtifacts": {"operationId": "list_artifacts", "parameters": {"run_id": "$response.body#/id"}},
+    "ExportRun": {"operationId": "export_run", "parameters": {"run_id": "$response.body#/id"}},
+    "AnswerInput": {
+        "operationId": "answer_input",
+        "parameters": {"request_id": "$response.body#/pending_inputs/0/id"},
+    },
 }
 
 
@@ -203,7 +215,12 @@ async def list_artifacts(run_id: str, who: Caller, rt: Rt) -> list[ArtifactOut]:
     "/{run_id}/artifacts/{artifact_id}",
     operation_id="get_artifact",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the raw content"}},
+    responses={
+        200: {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the raw content, served with the artifact's own media type (its `media_type`)",
+        }
+    },
 )
 async def get_artifact(run_id: str, artifact_id: str, who: Caller, rt: Rt) -> Response:
     """The artifact's raw content with its media type."""
