@@ -118,7 +118,7 @@ def claim_steps(
                 heartbeat_at=now,
                 started_at=now,
                 finished_at=None,
-                error=None,
+                # `error` keeps the previous attempt's failure: the new attempt is told what went wrong.
             )
             .returning(*steps.c)
         ).first()
