@@ -12,6 +12,7 @@ once: the step's next attempt sends the errors back as `feedback` (the step's at
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -354,6 +355,9 @@ class ModelEngine(Engine):
     `base_url` and `env` override where keys and URLs are read from. `timeout` is how long, in seconds,
     the server may stay silent (connecting, or between streamed chunks) before the attempt fails as
     retryable. `max_requests` bounds the model turns of one attempt (tool calls need several).
+
+    The output of a free-text step is the model's final answer, which equals the text streamed to
+    `ctx.emit`; with tools, text the model writes before a tool call is streamed as well.
     """
 
     def __init__(
@@ -448,17 +452,19 @@ class ModelEngine(Engine):
         """The model, its name, a description of its server (no credentials) and the key to redact."""
         if self._model is not None:
             return self._model, self._model.model_name, f"model {self._model.model_name}", None
-        if not baton.agents.ALLOW_NETWORK_ENGINES:
-            raise EngineUnavailable(
-                f"engine {self.spec!r} would call a model server, and network engines are disabled "
-                "(baton.agents.ALLOW_NETWORK_ENGINES is False, as the test suite sets it)",
-                retryable=False,
-            )
         assert self._parsed is not None  # set whenever no model was given
         parsed = self._parsed
         env = os.environ if self._env is None else self._env
         endpoint = _endpoint(parsed, env, self._api_key, self._base_url)
         server = f"the {parsed.provider} server at {_public_url(endpoint.base_url)}"
+        if not baton.agents.ALLOW_NETWORK_ENGINES and not _is_loopback(endpoint.base_url):
+            # the test guard (STYLE.md 10): a test may reach a fake server on this machine, nothing else
+            raise EngineUnavailable(
+                f"engine {self.spec!r} would call {server}, and network engines are disabled "
+                "(baton.agents.ALLOW_NETWORK_ENGINES is False, as the test suite sets it): "
+                "only a server on 127.0.0.1 may be used",
+                retryable=False,
+            )
         return _build(parsed, endpoint), parsed.model, server, endpoint.api_key
 
 
@@ -470,6 +476,14 @@ def _public_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -492,13 +506,14 @@ def _first_leaf(error: Exception) -> Exception:
 def _translate(error: Exception, spec: str, model: str, server: str, secret: str | None) -> StepFailed:
     """Map a pydantic-ai failure to a step failure whose message says what failed and how to fix it."""
     e = exceptions
+    provider = spec.partition(":")[0]
     status = getattr(error, "status_code", None)
     detail = f" (HTTP {status})" if status else ""
     said = _server_said(getattr(error, "body", None))
     message: str
     retryable = True
     if isinstance(error, e.ModelAuthenticationError):
-        var = KEY_VARS.get(spec.partition(":")[0], "the API key variable")
+        var = KEY_VARS.get(provider, "the API key variable")
         message, retryable = f"{server} refused the credentials{detail}{said}: check {var}", False
     elif isinstance(error, e.ModelRateLimitError):
         wait = f"; it asks to retry after {error.retry_after:g} s" if error.retry_after else ""
@@ -515,7 +530,9 @@ def _translate(error: Exception, spec: str, model: str, server: str, secret: str
     elif isinstance(error, e.ModelTimeoutError | e.ModelRequestTimeout):
         message = f"{server} did not answer in time: is it overloaded or hanging?"
     elif isinstance(error, e.ModelConnectionError):
-        message = f"cannot reach {server}: is it running, and is the URL right?"
+        where = _URL_VARS.get(provider)
+        url = f"{where} (or its default)" if where else "the URL in the engine spec"
+        message = f"cannot reach {server}: is it running, and is {url} right?"
     elif isinstance(error, e.ModelAPIError):
         retryable = not isinstance(status, int) or status >= 500 or status in (408, 409, 429)
         message = f"{server} failed{detail}{said}"
