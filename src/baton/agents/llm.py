@@ -44,9 +44,7 @@ try:
     from pydantic_ai.settings import ModelSettings
     from pydantic_ai.toolsets import FunctionToolset, ToolsetTool, WrapperToolset
 except ImportError as _import_error:  # pragma: no cover - depends on the install
-    raise ImportError(
-        'model engines need pydantic-ai: pip install "pydantic-ai-slim[openai,anthropic]"'
-    ) from _import_error
+    raise ImportError('model engines need pydantic-ai: pip install "baton[models]"') from _import_error
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model

@@ -70,6 +70,7 @@ def _summary_fields(run: Mapping[str, Any]) -> dict[str, Any]:
         "fork_step": run.get("fork_step"),
         "cancel_requested": run.get("cancel_requested_at") is not None,
         "stalled": bool(run.get("stalled")),
+        "progress": run.get("progress"),
         "created_at": iso(run["created_at"]),
         "started_at": iso(run.get("started_at")),
         "finished_at": iso(run.get("finished_at")),

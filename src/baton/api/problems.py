@@ -89,8 +89,8 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """Declare the problem+json error responses of every operation in an OpenAPI document.
 
     /v1 operations need a bearer token and may answer any status of `ERROR_STATUSES` their method
-    allows; /healthz and /metrics need no token, so only 503. FastAPI's default 422 (`HTTPValidationError` as
-    application/json) is replaced, since validation errors are problems too.
+    allows; /healthz and /metrics need no token, so only 503. FastAPI's default 422
+    (`HTTPValidationError` as application/json) is replaced: validation errors are problems too.
     """
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     defs = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -106,14 +106,10 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     ref = {"$ref": "#/components/schemas/Problem"}
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
+            codes: tuple[int, ...] = (503,)
             if path.startswith("/v1/"):
                 operation.setdefault("security", [{"bearer": []}])
-            if not path.startswith("/v1/"):
-                codes: tuple[int, ...] = (503,)
-            elif method in ("get", "head"):
-                codes = _READ_ERRORS
-            else:
-                codes = _WRITE_ERRORS
+                codes = _READ_ERRORS if method in ("get", "head") else _WRITE_ERRORS
             responses = operation.setdefault("responses", {})
             for code in codes:
                 responses[str(code)] = {
@@ -168,6 +164,8 @@ def install(app: FastAPI) -> None:
         detail = error.detail if isinstance(error.detail, str) else "request failed"
         if error.status_code == 404 and detail == "Not Found":
             detail = "no such route; see /openapi.json for the API"
+        elif error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the request body could not be read: send UTF-8 JSON with Content-Type: application/json"
         return problem(error.status_code, _title(error.status_code), detail)
 
     @app.exception_handler(Exception)

@@ -135,6 +135,9 @@ class RunSummary(BaseModel):
     fork_step: str | None
     cancel_requested: bool
     stalled: bool = False
+    progress: dict[str, Any] | None = Field(
+        default=None, description="where the flow says the run is: stage, attempt, max_attempts, score"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

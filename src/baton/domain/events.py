@@ -26,6 +26,7 @@ EventType = Literal[
     "step.failed",
     "step.retrying",
     "step.cancelled",
+    "step.skipped",
     "step.lease_expired",
     "step.stale_result",
     "step.engine",

@@ -23,6 +23,7 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"  #: its result is recorded; never runs again
     FAILED = "failed"  #: attempts spent, or a permanent error
     CANCELLED = "cancelled"  #: stopped because its run was cancelled or failed
+    SKIPPED = "skipped"  #: not needed any more: the flow handled its failure another way
 
 
 class StepKind(StrEnum):
@@ -33,4 +34,6 @@ class StepKind(StrEnum):
 
 TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_RUN_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.WAITING_FOR_INPUT})
-FINISHED_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED})
+FINISHED_STEP_STATUSES = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED}
+)

@@ -21,13 +21,14 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 
 #: step status -> the statuses it may move to
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
-    S.PENDING: frozenset({S.QUEUED, S.WAITING, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.PENDING}),
+    S.PENDING: frozenset({S.QUEUED, S.WAITING, S.CANCELLED, S.SKIPPED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.PENDING, S.SKIPPED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.QUEUED, S.CANCELLED}),
     S.WAITING: frozenset({S.SUCCEEDED, S.CANCELLED, S.FAILED}),
-    S.FAILED: frozenset({S.QUEUED, S.PENDING}),  # resume
+    S.FAILED: frozenset({S.QUEUED, S.PENDING, S.SKIPPED}),  # resume; or the flow handled it
     S.CANCELLED: frozenset({S.QUEUED, S.PENDING}),  # resume
     S.SUCCEEDED: frozenset(),
+    S.SKIPPED: frozenset(),
 }
 
 

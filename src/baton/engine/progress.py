@@ -93,10 +93,19 @@ def advance_run(
     drafts: list[EventDraft] = []
     if finished is not None and flow is not None:
         expansion = flow.expand(run_view(run, rows, views), step_view(finished))
-        if expansion.new_steps:
+        drafts += [EventDraft(kind, dict(payload)) for kind, payload in expansion.events]  # type: ignore[arg-type]
+        if expansion.progress:
+            run_store.update_run(conn, run.id, progress={**(run.progress or {}), **expansion.progress})
+        if expansion.skip:
+            skipped = step_store.set_steps_status(
+                conn, run.id, expansion.skip, [S.FAILED, S.PENDING, S.QUEUED], S.SKIPPED
+            )
+            drafts += [EventDraft("step.skipped", {"by": "flow"}, step_key=key) for key in skipped]
+        if expansion.new_steps or expansion.skip:
             existing = [_spec_of(r) for r in rows]
             validate_new_steps(existing, expansion.new_steps, flow=flow.name)
-            step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
+            if expansion.new_steps:
+                step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
             rows = step_store.load_steps(conn, run.id)
             views = [step_view(r) for r in rows]
         if expansion.finish is not None:

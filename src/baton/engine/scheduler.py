@@ -42,7 +42,7 @@ def run_outcome(steps: Sequence[StepView]) -> Outcome:
     if failed:
         first = min(failed, key=lambda s: s.position)
         return Outcome(RunStatus.FAILED, f"step {first.key} failed: {first.error or 'no reason given'}")
-    if all(s.status == S.SUCCEEDED for s in steps):
+    if all(s.status in (S.SUCCEEDED, S.SKIPPED) for s in steps):
         return Outcome(RunStatus.SUCCEEDED, "all steps succeeded")
     if any(s.status in (S.QUEUED, S.RUNNING) for s in steps):
         return Outcome(RunStatus.RUNNING, "running")

@@ -126,6 +126,16 @@ def record_success(conn: Connection, claim: Claim, produced: Produced, flows: pr
         fields["output_text"] = output if isinstance(output, str) else None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
     assert finished is not None  # the lease is held under this transaction's lock
+    named = (finished.spec or {}).get("artifact")
+    if named:
+        # The flow asked for this step's output as a named artifact (attempt-2.md, plan.json…).
+        is_text = isinstance(output, str)
+        content = output.encode() if is_text else json.dumps(output, indent=2, default=str).encode()
+        media = "text/markdown" if is_text else "application/json"
+        stored = artifact_store.insert_artifact(
+            conn, claim.run_id, str(named), content, media, step_key=claim.key, attempt=claim.attempt
+        )
+        drafts.append(_artifact_event(stored, claim))
     for draft in produced.artifacts:
         stored = artifact_store.insert_artifact(
             conn,

@@ -33,11 +33,14 @@ class StepSpec:
     label: str | None = None
     #: an agent step's persona, engine, model settings, tools and output schema, as stored
     agent: Mapping[str, Any] | None = None
+    #: store the step's output as an artifact of this name (Markdown for text, JSON otherwise)
+    artifact: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """What is stored in the step row's `spec` column."""
         return {
             "agent": dict(self.agent) if self.agent is not None else None,
+            "artifact": self.artifact,
             "handler": self.handler,
             "engine": self.engine,
             "prompt": self.prompt,
@@ -60,10 +63,18 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Expansion:
-    """What a flow's `expand` hook decided after a step finished."""
+    """What a flow's `expand` hook decided after a step finished.
+
+    `skip` names failed or pending steps the flow no longer needs (their failure is handled, for
+    example by asking a person instead); `progress` updates what the run shows (stage, attempt,
+    score…); `events` are (type, payload) pairs recorded with the change, such as `score.updated`.
+    """
 
     new_steps: tuple[StepSpec, ...] = ()
     finish: Finish | None = None
+    skip: tuple[str, ...] = ()
+    progress: Mapping[str, Any] | None = None
+    events: tuple[tuple[str, Mapping[str, Any]], ...] = ()
 
 
 ExpandHook = Callable[[RunView, StepView], Expansion | None]
@@ -128,6 +139,7 @@ class Flow:
         max_attempts: int = 3,
         backoff_s: float = 1.0,
         label: str | None = None,
+        artifact: str | None = None,
     ) -> Callable[[StepFunction], StepFunction]:
         """Declare a code step: `fn(ctx)` (sync or async) returns the step's JSON-able output."""
 
@@ -144,6 +156,7 @@ class Flow:
                     max_attempts=max_attempts,
                     backoff_s=backoff_s,
                     label=label,
+                    artifact=artifact,
                 )
             )
             return fn
@@ -175,6 +188,7 @@ class Flow:
         settings: Mapping[str, Any] | None = None,
         tools: Sequence[str] = (),
         output_schema: Mapping[str, Any] | None = None,
+        artifact: str | None = None,
     ) -> StepSpec:
         """Declare an agent step.
 
@@ -211,6 +225,7 @@ class Flow:
                 backoff_s=backoff_s,
                 label=label,
                 agent=fields,
+                artifact=artifact,
             )
         )
 

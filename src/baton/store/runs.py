@@ -23,14 +23,6 @@ def get_run(conn: Connection, run_id: str) -> Row[Any] | None:
     return conn.execute(select(runs).where(runs.c.id == run_id)).first()
 
 
-def get_inputs(conn: Connection, run_id: str) -> dict[str, Any]:
-    """A run's inputs alone (a step's context needs no more of the run row)."""
-    value = conn.execute(select(runs.c.inputs).where(runs.c.id == run_id)).one_or_none()
-    if value is None:
-        raise LookupError(f"run {run_id} not found")
-    return dict(value.inputs or {})
-
-
 def get_flow(conn: Connection, run_id: str) -> str | None:
     return conn.execute(select(runs.c.flow).where(runs.c.id == run_id)).scalar_one_or_none()
 

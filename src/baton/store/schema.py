@@ -68,6 +68,8 @@ runs = Table(
     Column("report", Text, nullable=True),
     #: token counts summed over every step attempt that reported usage
     Column("usage", JSON, nullable=True),
+    #: what the flow says about where the run is: stage, attempt, max_attempts, score…
+    Column("progress", JSON, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("queued_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
