@@ -17,12 +17,12 @@ import pytest
 import baton.agents
 from baton.flows.catalog import Catalog
 from baton.runtime import Runtime, open_runtime
-from baton.store.migrate import upgrade
+from baton.store.migrate import head_revision, upgrade
 
 baton.agents.ALLOW_NETWORK_ENGINES = False
 
 PG_URL = os.environ.get("BATON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-_TEMPLATE = "baton_test_template"
+_TEMPLATE = f"baton_tpl_{head_revision()}"
 _template_ready = False
 
 
@@ -54,13 +54,21 @@ def _with_database(name: str) -> str:
 
 
 def _ensure_template() -> None:
+    """One migrated template per schema revision, made once and shared by concurrent sessions."""
     global _template_ready
     if _template_ready:
         return
     with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
-        conn.execute(f"CREATE DATABASE {_TEMPLATE}")
-    upgrade(_with_database(_TEMPLATE))
+        conn.execute("SELECT pg_advisory_lock(4242002)")
+        try:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_TEMPLATE,)).fetchone()
+            if exists is None:
+                conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}_building")
+                conn.execute(f"CREATE DATABASE {_TEMPLATE}_building")
+                upgrade(_with_database(f"{_TEMPLATE}_building"))
+                conn.execute(f"ALTER DATABASE {_TEMPLATE}_building RENAME TO {_TEMPLATE}")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(4242002)")
     _template_ready = True
 
 
