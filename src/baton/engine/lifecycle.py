@@ -101,7 +101,8 @@ class Lifecycle:
             else None
         )
         run_id = new_id("run")
-        rows = progress.step_rows_for(flow.steps, 0)
+        specs = flow.steps_for_band(request.band)  # a band may run fewer steps
+        rows = progress.step_rows_for(specs, 0)
 
         def body(conn: Connection) -> dict[str, Any]:
             if scoped_key is not None:
@@ -112,7 +113,7 @@ class Lifecycle:
             key = request.concurrency_key or f"{request.project_id or '-'}:{request.created_by or '-'}"
             snapshot = self._policy_for(conn, request.project_id, flow, run_layer, request.may_loosen)
             policy = snapshot.effective
-            check_steps_allowed(flow.name, flow.steps, policy)
+            check_steps_allowed(flow.name, specs, policy)
             if policy.require_confirmation:
                 needs_confirmation, why = True, "waiting for confirmation (required by policy)"
             else:

@@ -32,6 +32,7 @@ S = StepStatus
 
 
 def step_view(row: Row[Any]) -> StepView:
+    mapping = row._mapping
     return StepView(
         key=row.key,
         kind=StepKind(row.kind),
@@ -40,9 +41,9 @@ def step_view(row: Row[Any]) -> StepView:
         attempt=row.attempt,
         max_attempts=row.max_attempts,
         position=row.position,
-        output=row.output,
+        output=mapping.get("output"),
         error=row.error,
-        spec=row.spec or {},
+        spec=mapping.get("spec") or {},
     )
 
 
@@ -88,7 +89,10 @@ def advance_run(
     if run.cancel_requested_at is not None:
         return settle_cancel(conn, run, flows)
     flow = flows.get(run.flow)
-    rows = step_store.load_steps(conn, run.id)
+    # Only flows with an expand hook look at outputs; the others need each step's state alone.
+    has_hook = flow is not None and flow.expand_hook is not None
+    load = step_store.load_steps if has_hook else step_store.load_step_states
+    rows = load(conn, run.id)
     views = [step_view(r) for r in rows]  # built once: the expand hook and the scheduler share them
     drafts: list[EventDraft] = []
     if finished is not None and flow is not None:
@@ -106,7 +110,7 @@ def advance_run(
             validate_new_steps(existing, expansion.new_steps, flow=flow.name)
             if expansion.new_steps:
                 step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
-            rows = step_store.load_steps(conn, run.id)
+            rows = load(conn, run.id)
             views = [step_view(r) for r in rows]
         if expansion.finish is not None:
             return drafts + finish_run(conn, run, flows, expansion.finish)
@@ -116,10 +120,10 @@ def advance_run(
             conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=db_now(conn)
         )
         drafts += [EventDraft("step.queued", step_key=key) for key in plan.queue]
-    by_key = {r.key: r for r in rows}
+    specs = step_store.specs_of(conn, run.id, plan.wait) if plan.wait else {}
     for key in plan.wait:
         step_store.set_steps_status(conn, run.id, [key], [S.PENDING], S.WAITING, started_at=db_now(conn))
-        spec = by_key[key].spec or {}
+        spec = specs[key]
         timeout = spec.get("timeout_s")
         request_id = input_store.open_request(
             conn,
@@ -148,7 +152,7 @@ def advance_run(
     elif outcome.status is R.WAITING_FOR_INPUT:
         run_store.update_run(conn, run.id, status_reason=outcome.reason)
     elif outcome.status in (R.SUCCEEDED, R.FAILED, R.CANCELLED):
-        result = _final_result(rows) if outcome.status is R.SUCCEEDED else None
+        result = _final_result(step_store.load_steps(conn, run.id)) if outcome.status is R.SUCCEEDED else None
         drafts += finish_run(conn, run, flows, Finish(outcome.status is R.SUCCEEDED, outcome.reason, result))
     return drafts
 
@@ -161,7 +165,7 @@ def finish_run(
     leftovers = step_store.set_steps_status(
         conn,
         run.id,
-        _keys(conn, run.id),
+        None,
         [S.PENDING, S.QUEUED, S.RUNNING, S.WAITING],
         S.CANCELLED,
         lease_expires_at=None,
@@ -200,9 +204,7 @@ def finish_run(
 
 def settle_cancel(conn: Connection, run: Row[Any], flows: Flows) -> list[EventDraft]:
     """For a run whose cancel was requested: cancel idle steps; end the run once nothing runs."""
-    idle = step_store.set_steps_status(
-        conn, run.id, _keys(conn, run.id), [S.PENDING, S.QUEUED, S.WAITING], S.CANCELLED
-    )
+    idle = step_store.set_steps_status(conn, run.id, None, [S.PENDING, S.QUEUED, S.WAITING], S.CANCELLED)
     drafts = [EventDraft("step.cancelled", {"reason": "run cancelled"}, step_key=k) for k in idle]
     if step_store.running_steps_of_run(conn, run.id):
         return drafts  # a worker stops them within a heartbeat, then calls back here
@@ -269,10 +271,6 @@ def start_run(conn: Connection, run: Row[Any], flows: Flows) -> list[EventDraft]
         step_store.set_steps_status(conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=now)
         return drafts + [EventDraft("step.queued", step_key=k) for k in plan.queue]
     return drafts + advance_run(conn, moved, flows)
-
-
-def _keys(conn: Connection, run_id: str) -> list[str]:
-    return [r.key for r in step_store.load_steps(conn, run_id)]
 
 
 def _spec_of(row: Row[Any]) -> StepSpec:

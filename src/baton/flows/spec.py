@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from baton.domain.errors import InvalidFlow
+from baton.domain.errors import InvalidFlow, UsageError
 from baton.domain.models import RunView, StepView
 from baton.domain.status import StepKind
 
@@ -117,6 +117,9 @@ class Flow:
     expand_hook: ExpandHook | None = None
     steps: list[StepSpec] = field(default_factory=list)
     functions: dict[str, StepFunction] = field(default_factory=dict)
+    #: sizes by name (small, medium, large): what each runs, e.g. {"small": {"steps": [...]}} for a
+    #: graph (see `steps_for_band`) or {"small": {"max_attempts": 1}} for a loop; empty: one size
+    bands: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.name):
@@ -275,11 +278,71 @@ class Flow:
     def with_steps(self, steps: Sequence[StepSpec]) -> Flow:
         return replace(self, steps=list(steps))
 
+    def steps_for_band(self, band: str | None) -> list[StepSpec]:
+        """The steps a run of size `band` starts with.
+
+        A band's `steps` list keeps those steps only; a kept step then waits for its nearest kept
+        ancestors instead of the steps left out. No band, or a band without `steps`: every step.
+        """
+        if band is None or not self.bands:
+            return list(self.steps)
+        if band not in self.bands:
+            raise UsageError(f"flow {self.name} has no band {band!r}: its bands are {', '.join(self.bands)}")
+        chosen = (self.bands[band] or {}).get("steps")
+        if chosen is None:
+            return list(self.steps)
+        keep = set(chosen)
+        needs = {s.key: s.needs for s in self.steps}
+
+        def kept_ancestors(key: str, seen: set[str]) -> list[str]:
+            found: list[str] = []
+            for need in needs.get(key, ()):
+                if need in seen:
+                    continue
+                seen.add(need)
+                found += [need] if need in keep else kept_ancestors(need, seen)
+            return found
+
+        return [
+            replace(s, needs=tuple(dict.fromkeys(kept_ancestors(s.key, set()))))
+            for s in self.steps
+            if s.key in keep
+        ]
+
     def handler_for(self, name: str) -> StepFunction:
         try:
             return self.functions[name]
         except KeyError:
             raise InvalidFlow(f"flow {self.name} has no function {name!r}") from None
+
+
+BAND_NAMES = ("small", "medium", "large")
+
+
+def check_bands(flow: Flow) -> None:
+    """Refuse bands other than small/medium/large, and a band `steps` list naming no step."""
+    if not isinstance(flow.bands, Mapping):
+        raise InvalidFlow(f"flow {flow.name}: bands must be a mapping of band name to settings")
+    keys = [s.key for s in flow.steps]
+    for name, band in flow.bands.items():
+        if name not in BAND_NAMES:
+            raise InvalidFlow(f"flow {flow.name}: band {name!r} is not one of {', '.join(BAND_NAMES)}")
+        if band is None:
+            continue
+        if not isinstance(band, Mapping):
+            raise InvalidFlow(f"flow {flow.name}: band {name!r} must be a mapping such as {{steps: [...]}}")
+        chosen = band.get("steps")
+        if chosen is None:
+            continue
+        if not isinstance(chosen, list | tuple) or not all(isinstance(k, str) for k in chosen) or not chosen:
+            raise InvalidFlow(f"flow {flow.name}: band {name!r}: steps must be a non-empty list of step keys")
+        unknown = [k for k in chosen if k not in keys]
+        if unknown:
+            raise InvalidFlow(
+                f"flow {flow.name}: band {name!r} names {', '.join(map(repr, unknown))}, which "
+                f"{'is not a step' if len(unknown) == 1 else 'are not steps'} of this flow "
+                f"(known steps: {', '.join(sorted(keys))})"
+            )
 
 
 def validate_new_steps(existing: Sequence[StepSpec], new: Sequence[StepSpec], *, flow: str) -> None:

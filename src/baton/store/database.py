@@ -7,11 +7,12 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, event, exc, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from baton.domain.errors import StoreError, StoreUnavailable, UsageError
@@ -125,15 +126,23 @@ def touch(conn: Connection, *topics: str) -> None:
 
 
 class Database:
-    """One database: an async engine, its dialect, and transactions that retry on contention."""
+    """One database: its engine and dialect, and transactions that retry on contention.
 
-    def __init__(self, url: str, engine: AsyncEngine, dialect: Dialect) -> None:
+    PostgreSQL goes through psycopg's async driver. SQLite runs each whole transaction on a
+    thread of its own through the plain sqlite3 driver: one hand-off per transaction instead of
+    one per statement, and a single writer thread, so this process never contends with itself
+    for SQLite's one write lock (other processes are handled by busy_timeout and retries).
+    """
+
+    def __init__(self, url: str, engine: AsyncEngine | Engine, dialect: Dialect) -> None:
         self.url = url
         self.engine = engine
         self.dialect = dialect
         self.topics = Topics()
         self._listener: asyncio.Task[None] | None = None
         self.busy_retries = 0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="baton-sqlite-read")
 
     @classmethod
     async def open(cls, url: str | None = None, *, upgrade: bool | None = None) -> Database:
@@ -163,7 +172,12 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
-        await self.engine.dispose()
+        if isinstance(self.engine, AsyncEngine):
+            await self.engine.dispose()
+        else:
+            self._writer.shutdown(wait=True)
+            self._readers.shutdown(wait=True)
+            self.engine.dispose()
 
     # --- transactions --------------------------------------------------------------------
 
@@ -216,6 +230,11 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
+        if isinstance(self.engine, Engine):
+            executor = self._readers if read_only else self._writer
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _sync_attempt, self.engine, read_only, body
+            )
         async with self.engine.connect() as aconn:
             if read_only:
                 aconn = await aconn.execution_options(baton_read_only=True)
@@ -239,10 +258,13 @@ class Database:
             self.dialect.listen(self.url, self.topics.notify), name="baton-listen"
         )
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:  # pragma: no cover - debugging aid
-        async with self.engine.connect() as conn:
-            yield conn
+
+def _sync_attempt(engine: Engine, read_only: bool, body: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn:
+        if read_only:
+            conn = conn.execution_options(baton_read_only=True)
+        with conn.begin():
+            return body(conn)
 
 
 async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
@@ -268,9 +290,9 @@ async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
     return task.result()
 
 
-def _create_engine(url: str, dialect: Dialect) -> AsyncEngine:
+def _create_engine(url: str, dialect: Dialect) -> AsyncEngine | Engine:
     if dialect.name == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 5.0})
+        engine = create_engine(sync_url(url), connect_args={"timeout": 5.0, "check_same_thread": False})
         _install_sqlite_discipline(engine)
         return engine
     return create_async_engine(
@@ -278,7 +300,7 @@ def _create_engine(url: str, dialect: Dialect) -> AsyncEngine:
     )
 
 
-def _install_sqlite_discipline(engine: AsyncEngine) -> None:
+def _install_sqlite_discipline(engine: Engine) -> None:
     """WAL, busy timeout, foreign keys, synchronous=FULL; BEGIN IMMEDIATE for every write.
 
     pysqlite's own transaction handling is switched off so that SQLAlchemy's `begin` decides
@@ -286,7 +308,7 @@ def _install_sqlite_discipline(engine: AsyncEngine) -> None:
     without honouring busy_timeout, which IMMEDIATE avoids.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
@@ -296,7 +318,7 @@ def _install_sqlite_discipline(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         # query_only makes a write slipped into a read transaction fail loudly instead of
         # taking the write lock late, where busy_timeout cannot help.

@@ -39,6 +39,35 @@ def load_outputs(conn: Connection, run_id: str, keys: Sequence[str]) -> list[Row
     )
 
 
+#: what scheduling needs of every step of a run; outputs and specs stay in the database
+_STATE_COLUMNS = [
+    steps.c.key,
+    steps.c.kind,
+    steps.c.status,
+    steps.c.needs,
+    steps.c.attempt,
+    steps.c.max_attempts,
+    steps.c.position,
+    steps.c.error,
+    # Input steps keep their spec: its prompt is the reason a waiting run gives.
+    case((steps.c.kind == "input", steps.c.spec), else_=None).label("spec"),
+]
+
+
+def load_step_states(conn: Connection, run_id: str) -> list[Row[Any]]:
+    """A run's steps with only their scheduling state: cheap enough to read on every completion."""
+    return list(
+        conn.execute(select(*_STATE_COLUMNS).where(steps.c.run_id == run_id).order_by(steps.c.position))
+    )
+
+
+def specs_of(conn: Connection, run_id: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(
+        select(steps.c.key, steps.c.spec).where(steps.c.run_id == run_id, steps.c.key.in_(list(keys)))
+    )
+    return {key: dict(spec or {}) for key, spec in rows}
+
+
 def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
     return conn.execute(select(steps).where(steps.c.id == step_id)).first()
 
@@ -46,25 +75,19 @@ def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
 def set_steps_status(
     conn: Connection,
     run_id: str,
-    keys: Iterable[str],
+    keys: Iterable[str] | None,
     sources: Iterable[StepStatus],
     target: StepStatus,
     **fields: Any,
 ) -> list[str]:
-    """Guarded move of several steps of a run; returns the keys that moved."""
-    keys = list(keys)
-    if not keys:
-        return []
-    moved = conn.execute(
-        update(steps)
-        .where(
-            steps.c.run_id == run_id,
-            steps.c.key.in_(keys),
-            steps.c.status.in_([s.value for s in sources]),
-        )
-        .values(status=target.value, **fields)
-        .returning(steps.c.key)
-    ).scalars()
+    """Guarded move of several steps of a run (`keys=None`: all of them); returns the keys that moved."""
+    query = update(steps).where(steps.c.run_id == run_id, steps.c.status.in_([s.value for s in sources]))
+    if keys is not None:
+        keys = list(keys)
+        if not keys:
+            return []
+        query = query.where(steps.c.key.in_(keys))
+    moved = conn.execute(query.values(status=target.value, **fields).returning(steps.c.key)).scalars()
     result = list(moved)
     if target is S.QUEUED and result:
         touch(conn, "steps")
