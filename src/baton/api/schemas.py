@@ -200,6 +200,8 @@ class FlowOut(BaseModel):
     category: str
     version: str
     bands: list[str]
+    #: what each band runs: `{"small": {"steps": [...]}}` (a graph) or `{"max_attempts": n}` (a loop)
+    band_details: dict[str, dict[str, Any]] = {}
     input_schema: dict[str, Any]
     require_confirmation: bool
     steps: list[FlowStepOut]

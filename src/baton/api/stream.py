@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -18,7 +19,7 @@ from baton.api.convert import event_out
 from baton.api.dependencies import Caller, Principal, Rt, visible_run
 from baton.api.problems import TooManyRequests
 from baton.domain.errors import UsageError
-from baton.engine.follow import TERMINAL_EVENTS, wait_for_events
+from baton.engine.follow import CROSS_PROCESS_POLL_S, TERMINAL_EVENTS
 from baton.runtime import Runtime
 from baton.store import events as event_store
 from baton.store import runs as run_store
@@ -27,6 +28,8 @@ from baton.store import tenancy as tenancy_store
 router = APIRouter(prefix="/v1", tags=["streams"])
 
 KEEPALIVE_S = 15.0
+#: events per read of a run stream
+PAGE = 500
 #: how often an open stream re-checks that its token was not revoked
 REVALIDATE_S = 2.0
 _SSE: dict[int | str, dict[str, Any]] = {
@@ -63,6 +66,67 @@ class _StreamSlot:
         self.counts[self.token] = max(0, self.counts.get(self.token, 1) - 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    seq: int
+    type: str
+    data: str
+
+
+class _SharedPages:
+    """One read of a run's events serves every stream of that run that asks for the same page.
+
+    The streams following a run are woken together by each commit and then all want the same
+    events: reading and serializing them once per run, not once per stream, is what lets hundreds
+    of clients follow live runs from one process. A stream only joins a read that began after
+    every wake-up it has seen (same `after`, same topic version), so it never gets a page older
+    than the commit that woke it.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[tuple[str, int, int], asyncio.Future[list[_Frame]]] = {}
+
+    async def page(self, rt: Runtime, run_id: str, after: int, version: int) -> list[_Frame]:
+        key = (run_id, after, version)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read(rt, run_id, after))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        # Shielded: a stream whose client left must not cancel the read the others wait for.
+        return await asyncio.shield(read)
+
+    @staticmethod
+    async def _read(rt: Runtime, run_id: str, after: int) -> list[_Frame]:
+        rows = await rt.db.read(event_store.events_after, run_id, after, PAGE)
+        return [_Frame(row.seq, row.type, event_out(row).model_dump_json()) for row in rows]
+
+
+def _shared_pages(request: Request) -> _SharedPages:
+    state = request.app.state
+    pages: _SharedPages | None = getattr(state, "event_pages", None)
+    if pages is None:
+        pages = state.event_pages = _SharedPages()
+    return pages
+
+
+async def _next_frames(
+    rt: Runtime, pages: _SharedPages, run_id: str, after: int, timeout: float
+) -> list[_Frame]:
+    """Frames after `after`, waiting up to `timeout` for the first (the stream's wait_for_events)."""
+    topics = [f"run:{run_id}"]
+    poll = CROSS_PROCESS_POLL_S if rt.db.dialect.name == "sqlite" else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        # Taken before the read: a commit during the read wakes the wait below at once.
+        seen = rt.db.topics.version(topics)
+        frames = await pages.page(rt, run_id, after, seen)
+        remaining = deadline - time.monotonic()
+        if frames or remaining <= 0:
+            return frames
+        await rt.db.wait(topics, min(remaining, poll), since=seen)
+
+
 async def _still_valid(rt: Runtime, token_id: str) -> bool:
     row = await rt.db.read(tenancy_store.get_token, token_id)
     return row is not None and row.revoked_at is None
@@ -83,16 +147,17 @@ async def run_stream(
     await visible_run(rt, who, run_id)
     start = _parse_seq(last_event_id) if last_event_id is not None else (after or 0)
     slot = _StreamSlot(request, who)
+    pages = _shared_pages(request)
 
     async def frames() -> AsyncIterator[dict[str, Any]]:
         seq = start
         checked = time.monotonic()
         try:
             while True:
-                rows = await wait_for_events(rt.db, run_id, seq, timeout=1.0, limit=500)
+                rows = await _next_frames(rt, pages, run_id, seq, timeout=1.0)
                 for row in rows:
                     seq = row.seq
-                    yield {"id": str(row.seq), "data": event_out(row).model_dump_json()}
+                    yield {"id": str(row.seq), "data": row.data}
                 if not rows or rows[-1].type in TERMINAL_EVENTS:
                     run = await rt.db.read(run_store.get_run, run_id)
                     if run is None:
@@ -135,6 +200,7 @@ async def project_stream(
         checked = time.monotonic()
         try:
             while True:
+                seen = rt.db.topics.version(["runs"])
                 rows, next_cursor = await rt.db.read(
                     event_store.global_events_after,
                     cursor,
@@ -148,7 +214,8 @@ async def project_stream(
                     yield {"id": position, "data": event_out(row).model_dump_json()}
                 cursor = next_cursor
                 if not rows:
-                    await rt.db.wait(["runs"], 1.0 if rt.db.dialect.name == "postgresql" else 0.25)
+                    poll = 1.0 if rt.db.dialect.name == "postgresql" else 0.25
+                    await rt.db.wait(["runs"], poll, since=seen)
                 if time.monotonic() - checked > REVALIDATE_S:
                     checked = time.monotonic()
                     if not await _still_valid(rt, who.token_id) or await request.is_disconnected():

@@ -480,6 +480,7 @@ def flow_from_spec(flow: Flow) -> dict[str, Any]:
         "require_confirmation": flow.require_confirmation,
         "input_schema": dict(flow.input_schema),
         "steps": steps,
+        "bands": {name: dict(band or {}) for name, band in flow.bands.items()},
     }
 
 
@@ -493,6 +494,7 @@ def flow_from_api(flow: Mapping[str, Any]) -> dict[str, Any]:
         "description": str(flow.get("description") or ""),
         "require_confirmation": bool(flow.get("require_confirmation")),
         "input_schema": dict(flow.get("input_schema") or {}),
+        "bands": dict(flow.get("band_details") or {}),
         "steps": [
             {
                 "key": s["key"],

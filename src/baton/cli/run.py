@@ -2,8 +2,12 @@
 
 Locally the run is executed by a worker in this process; with --server it is created on that
 server, whose workers execute it, and --follow shows it from the server's event stream.
+
+Quick launch: `baton run review "focus text"` puts the text in the flow's `focus` input (or its
+first required text input); every other input takes its default.
 """
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -46,6 +50,14 @@ InputsOpt = Annotated[
 def run(
     ctx: typer.Context,
     flow: Annotated[str, typer.Argument(help="The flow to run (see `baton flows ls`).", show_default=False)],
+    focus: Annotated[
+        str | None,
+        typer.Argument(
+            help="Quick launch: the text for the flow's `focus` input (or its first required text "
+            "input); the other inputs take their defaults.",
+            show_default=False,
+        ),
+    ] = None,
     inputs: InputsOpt = None,
     title: Annotated[str | None, typer.Option("--title", help="A title for the run.")] = None,
     project: Annotated[
@@ -103,6 +115,7 @@ def run(
                 where,
                 flow,
                 inputs or [],
+                focus=focus,
                 title=title,
                 project=project,
                 idempotency_key=idempotency_key,
@@ -116,6 +129,7 @@ def run(
                 where,
                 flow,
                 inputs or [],
+                focus=focus,
                 title=title,
                 project=project,
                 idempotency_key=idempotency_key,
@@ -133,6 +147,7 @@ async def _run(
     flow_name: str,
     pairs: list[str],
     *,
+    focus: str | None,
     title: str | None,
     project: str | None,
     idempotency_key: str | None,
@@ -147,9 +162,10 @@ async def _run(
     # Everything the user typed is checked before the database is even opened: nothing is written.
     catalog = where.load_catalog()
     flow = catalog.get(flow_name)
-    inputs = validate_inputs(
-        flow.input_schema, parse_inputs(pairs, flow.input_schema, flow=flow.name), flow=flow.name
+    given = with_focus(
+        parse_inputs(pairs, flow.input_schema, flow=flow.name), focus, flow.input_schema, flow.name
     )
+    inputs = validate_inputs(flow.input_schema, given, flow=flow.name)
 
     from baton.cli.backend import LocalBackend
     from baton.runtime import open_runtime
@@ -185,6 +201,7 @@ async def _run_remote(
     flow_name: str,
     pairs: list[str],
     *,
+    focus: str | None,
     title: str | None,
     project: str | None,
     idempotency_key: str | None,
@@ -204,7 +221,10 @@ async def _run_remote(
             raise NotFound(
                 f"{known} (on the server at {client.server}; it loads more with `baton serve --flows …`)"
             ) from None
-        inputs = parse_inputs(pairs, flow.get("input_schema") or {}, flow=str(flow["name"]))
+        schema = flow.get("input_schema") or {}
+        inputs = with_focus(
+            parse_inputs(pairs, schema, flow=str(flow["name"])), focus, schema, str(flow["name"])
+        )
         fields: dict[str, Any] = {"confirm": bool(confirm), "source": {"via": "cli"}}
         if title:
             fields["title"] = title
@@ -340,3 +360,38 @@ def show_plan(run: dict[str, Any], flow_name: str, flow_version: str) -> None:
             escape(str(does)),
         )
     console.print(table)
+
+
+def focus_input(schema: Mapping[str, Any]) -> str | None:
+    """The input a quick launch fills: `focus`, else the first required text input, else None."""
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
+    if "focus" in properties:
+        return "focus"
+    for name in schema.get("required") or []:
+        prop = properties.get(name)
+        kind = prop.get("type") if isinstance(prop, Mapping) else None
+        if kind == "string" or (isinstance(kind, list) and "string" in kind):
+            return str(name)
+    return None
+
+
+def with_focus(
+    inputs: dict[str, Any], focus: str | None, schema: Mapping[str, Any], flow: str
+) -> dict[str, Any]:
+    """`inputs` plus the quick-launch text in the flow's focus input; refused when it has none."""
+    if focus is None:
+        return inputs
+    from baton.domain.errors import UsageError
+
+    name = focus_input(schema)
+    if name is None:
+        raise UsageError(
+            f"flow {flow} takes no focus text: it has no `focus` input and no required text input; "
+            "give its inputs with --input KEY=VALUE"
+        )
+    if name in inputs:
+        raise UsageError(
+            f"input {name!r} of flow {flow} is given twice: as the focus text and with --input; keep one"
+        )
+    return {**inputs, name: focus}

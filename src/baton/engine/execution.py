@@ -24,8 +24,6 @@ from baton.engine.context import RunningStep
 from baton.engine.step_results import Claim
 from baton.flows.spec import Flow, accepts_argument
 from baton.store import artifacts as artifact_store
-from baton.store import runs as run_store
-from baton.store import steps as step_store
 from baton.store.database import Database
 
 logger = logging.getLogger(__name__)
@@ -38,20 +36,13 @@ class LeaseLostError(Exception):
     """Raised into a step task when the worker learns it no longer holds the lease."""
 
 
-def load_step_inputs(
-    conn: Connection, run_id: str, needs: list[str]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The run's inputs and the outputs of the steps this one needs (large ones read from artifacts)."""
-    run_inputs, policy = run_store.inputs_and_policy(conn, run_id)
-    upstream: dict[str, Any] = {}
-    # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
-    for row in step_store.load_outputs(conn, run_id, needs):
-        if row.output_ref:
-            content = artifact_store.get_artifact_content(conn, row.output_ref)
-            upstream[row.key] = json.loads(content) if content is not None else None
-        else:
-            upstream[row.key] = row.output
-    return dict(run_inputs or {}), upstream, policy
+def load_artifact_outputs(conn: Connection, refs: Mapping[str, str]) -> dict[str, Any]:
+    """Large upstream outputs, stored as artifacts, by step key."""
+    loaded: dict[str, Any] = {}
+    for key, artifact_id in refs.items():
+        content = artifact_store.get_artifact_content(conn, artifact_id)
+        loaded[key] = json.loads(content) if content is not None else None
+    return loaded
 
 
 class StepExecution:
@@ -81,9 +72,10 @@ class StepExecution:
     async def _run(self) -> None:
         claim = self.claim
         try:
-            inputs, upstream, policy = await self.db.read(
-                load_step_inputs, claim.run_id, list(self.row.needs or [])
-            )
+            context: step_results.StepInputs = self.row.context
+            inputs, upstream, policy = context.inputs, dict(context.upstream), context.policy
+            if context.refs:
+                upstream.update(await self.db.read(load_artifact_outputs, context.refs))
             self.policy = policy_of(policy)
             self.ctx = RunningStep(claim, inputs, upstream)
             self.ctx.cancel_reason = self.cancel_reason

@@ -22,12 +22,16 @@ async def wait_for_events(
 ) -> list[Row[Any]]:
     """Events of `run_id` after `after_seq`; waits up to `timeout` for the first one to appear."""
     deadline = time.monotonic() + timeout
+    topics = [f"run:{run_id}"]
     while True:
+        # Taken before the read: an event committed while the read runs wakes the wait at once,
+        # rather than being noticed only at the next poll.
+        seen = db.topics.version(topics)
         rows = await db.read(event_store.events_after, run_id, after_seq, limit)
         remaining = deadline - time.monotonic()
         if rows or remaining <= 0:
             return rows
-        await db.wait([f"run:{run_id}"], min(remaining, _poll_interval(db)))
+        await db.wait(topics, min(remaining, _poll_interval(db)), since=seen)
 
 
 async def follow_run(
@@ -50,12 +54,13 @@ async def follow_run(
 async def follow_all(db: Database, cursor: str | None = None) -> AsyncIterator[tuple[Row[Any], str]]:
     """Every event of every run after `cursor`, in commit order, with the cursor after each."""
     while True:
+        seen = db.topics.version(["runs"])
         rows, next_cursor = await db.read(event_store.global_events_after, cursor, 1000)
         for row in rows:
             yield row, event_store.format_cursor(int(row.tx), int(row.id))
         cursor = next_cursor
         if not rows:
-            await db.wait(["runs"], _poll_interval(db))
+            await db.wait(["runs"], _poll_interval(db), since=seen)
 
 
 def _poll_interval(db: Database) -> float:

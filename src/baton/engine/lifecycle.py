@@ -340,6 +340,7 @@ class Lifecycle:
                         max_attempts=row.attempt + budget,
                         error=None,
                     )
+            step_store.recount_unmet(conn, run_id)
             moved = run_store.transition_run(
                 conn,
                 run_id,
@@ -479,6 +480,7 @@ class Lifecycle:
                 output=answer,
                 finished_at=db_now(conn),
             )
+            step_store.satisfy_dependents(conn, run.id, answered.step_key)
             step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
             drafts = [
                 EventDraft(

@@ -89,14 +89,11 @@ def advance_run(
     if run.cancel_requested_at is not None:
         return settle_cancel(conn, run, flows)
     flow = flows.get(run.flow)
-    # Only flows with an expand hook look at outputs; the others need each step's state alone.
-    has_hook = flow is not None and flow.expand_hook is not None
-    load = step_store.load_steps if has_hook else step_store.load_step_states
-    rows = load(conn, run.id)
-    views = [step_view(r) for r in rows]  # built once: the expand hook and the scheduler share them
     drafts: list[EventDraft] = []
-    if finished is not None and flow is not None:
-        expansion = flow.expand(run_view(run, rows, views), step_view(finished))
+    # Only a flow with an expand hook looks at the whole run; the others never load it.
+    if finished is not None and flow is not None and flow.expand_hook is not None:
+        rows = step_store.load_steps(conn, run.id)
+        expansion = flow.expand(run_view(run, rows, [step_view(r) for r in rows]), step_view(finished))
         drafts += [EventDraft(kind, dict(payload)) for kind, payload in expansion.events]  # type: ignore[arg-type]
         if expansion.progress:
             run_store.update_run(conn, run.id, progress={**(run.progress or {}), **expansion.progress})
@@ -105,43 +102,14 @@ def advance_run(
                 conn, run.id, expansion.skip, [S.FAILED, S.PENDING, S.QUEUED], S.SKIPPED
             )
             drafts += [EventDraft("step.skipped", {"by": "flow"}, step_key=key) for key in skipped]
-        if expansion.new_steps or expansion.skip:
-            existing = [_spec_of(r) for r in rows]
-            validate_new_steps(existing, expansion.new_steps, flow=flow.name)
-            if expansion.new_steps:
-                step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
-            rows = load(conn, run.id)
-            views = [step_view(r) for r in rows]
+        if expansion.new_steps:
+            validate_new_steps([_spec_of(r) for r in rows], expansion.new_steps, flow=flow.name)
+            step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
         if expansion.finish is not None:
             return drafts + finish_run(conn, run, flows, expansion.finish)
-    plan = scheduler.advance(views)
-    if plan.queue:
-        step_store.set_steps_status(
-            conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=db_now(conn)
-        )
-        drafts += [EventDraft("step.queued", step_key=key) for key in plan.queue]
-    specs = step_store.specs_of(conn, run.id, plan.wait) if plan.wait else {}
-    for key in plan.wait:
-        step_store.set_steps_status(conn, run.id, [key], [S.PENDING], S.WAITING, started_at=db_now(conn))
-        spec = specs[key]
-        timeout = spec.get("timeout_s")
-        request_id = input_store.open_request(
-            conn,
-            run.id,
-            key,
-            str(spec.get("prompt") or key),
-            dict(spec.get("schema") or {}),
-            run.project_id,
-            expires_at=db_now(conn) + float(timeout) if timeout else None,
-        )
-        drafts.append(
-            EventDraft(
-                "input.requested",
-                {"request_id": request_id, "prompt": spec.get("prompt"), "schema": spec.get("schema")},
-                step_key=key,
-            )
-        )
-    outcome = plan.outcome
+    drafts += queue_and_ask(conn, run)
+    unfinished, blocked = step_store.unfinished_states(conn, run.id)
+    outcome = scheduler.run_outcome([step_view(r) for r in unfinished], blocked)
     current = RunStatus(run.status)
     if outcome.status is R.RUNNING and current is R.WAITING_FOR_INPUT:
         run_store.transition_run(conn, run.id, [R.WAITING_FOR_INPUT], R.RUNNING, "running")
@@ -154,6 +122,33 @@ def advance_run(
     elif outcome.status in (R.SUCCEEDED, R.FAILED, R.CANCELLED):
         result = _final_result(step_store.load_steps(conn, run.id)) if outcome.status is R.SUCCEEDED else None
         drafts += finish_run(conn, run, flows, Finish(outcome.status is R.SUCCEEDED, outcome.reason, result))
+    return drafts
+
+
+def queue_and_ask(conn: Connection, run: Row[Any]) -> list[EventDraft]:
+    """Queue the work steps whose needs are all met; open a request for each such input step."""
+    now = db_now(conn)
+    drafts = [EventDraft("step.queued", step_key=key) for key in step_store.queue_ready(conn, run.id, now)]
+    for ready in step_store.ready_inputs(conn, run.id):
+        key, spec = ready.key, dict(ready.spec or {})
+        step_store.set_steps_status(conn, run.id, [key], [S.PENDING], S.WAITING, started_at=now)
+        timeout = spec.get("timeout_s")
+        request_id = input_store.open_request(
+            conn,
+            run.id,
+            key,
+            str(spec.get("prompt") or key),
+            dict(spec.get("schema") or {}),
+            run.project_id,
+            expires_at=now + float(timeout) if timeout else None,
+        )
+        drafts.append(
+            EventDraft(
+                "input.requested",
+                {"request_id": request_id, "prompt": spec.get("prompt"), "schema": spec.get("schema")},
+                step_key=key,
+            )
+        )
     return drafts
 
 
@@ -261,16 +256,8 @@ def start_run(conn: Connection, run: Row[Any], flows: Flows) -> list[EventDraft]
     )
     if moved is None:
         return []
-    drafts = [EventDraft("run.started", {})]
-    if run.flow not in flows:
-        logger.warning(
-            "flow %s of run %s is not loaded here; its steps wait for a worker that has it", run.flow, run.id
-        )
-        rows = step_store.load_steps(conn, run.id)
-        plan = scheduler.advance([step_view(r) for r in rows])
-        step_store.set_steps_status(conn, run.id, plan.queue, [S.PENDING], S.QUEUED, available_at=now)
-        return drafts + [EventDraft("step.queued", step_key=k) for k in plan.queue]
-    return drafts + advance_run(conn, moved, flows)
+    # A flow not loaded in this process still starts: its steps wait for a worker that has it.
+    return [EventDraft("run.started", {}), *advance_run(conn, moved, flows)]
 
 
 def _spec_of(row: Row[Any]) -> StepSpec:

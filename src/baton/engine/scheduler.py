@@ -36,13 +36,17 @@ def ready_steps(steps: Iterable[StepView]) -> list[str]:
     return [s.key for s in sorted(ready, key=lambda s: s.position)]
 
 
-def run_outcome(steps: Sequence[StepView]) -> Outcome:
-    """How a running run stands, judged from its steps alone."""
+def run_outcome(steps: Sequence[StepView], blocked: Sequence[str] = ()) -> Outcome:
+    """How a running run stands, judged from its steps alone.
+
+    `steps` may leave out steps that are done (succeeded, skipped) and pending steps still
+    waiting on a need; `blocked` names the latter when they were left out.
+    """
     failed = [s for s in steps if s.status == S.FAILED]
     if failed:
         first = min(failed, key=lambda s: s.position)
         return Outcome(RunStatus.FAILED, f"step {first.key} failed: {first.error or 'no reason given'}")
-    if all(s.status in (S.SUCCEEDED, S.SKIPPED) for s in steps):
+    if not blocked and all(s.status in (S.SUCCEEDED, S.SKIPPED) for s in steps):
         return Outcome(RunStatus.SUCCEEDED, "all steps succeeded")
     if any(s.status in (S.QUEUED, S.RUNNING) for s in steps):
         return Outcome(RunStatus.RUNNING, "running")
@@ -54,7 +58,7 @@ def run_outcome(steps: Sequence[StepView]) -> Outcome:
     cancelled = [s.key for s in steps if s.status == S.CANCELLED]
     if cancelled:
         return Outcome(RunStatus.CANCELLED, f"steps cancelled: {', '.join(cancelled)}")
-    stuck = [s.key for s in steps if s.status == S.PENDING]
+    stuck = [s.key for s in steps if s.status == S.PENDING] + list(blocked)
     return Outcome(RunStatus.FAILED, f"no step can run: {', '.join(stuck)} wait on steps that cannot finish")
 
 

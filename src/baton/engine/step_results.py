@@ -72,8 +72,41 @@ def claim_with_events(
             row.run_id,
             [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)],
         )
-        claimed.append(SimpleNamespace(**row._mapping, flow=run_store.get_flow(conn, row.run_id)))
+        claimed.append(
+            SimpleNamespace(
+                **row._mapping,
+                flow=run_store.get_flow(conn, row.run_id),
+                context=load_step_inputs(conn, row.run_id, list(row.needs or [])),
+            )
+        )
     return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class StepInputs:
+    """What a claimed step starts from: run inputs, policy, and its needs' outputs.
+
+    Large outputs stay artifacts until the step runs (`refs`), so the claim stays short.
+    """
+
+    inputs: dict[str, Any]
+    upstream: dict[str, Any]
+    policy: dict[str, Any]
+    refs: dict[str, str]
+
+
+def load_step_inputs(conn: Connection, run_id: str, needs: list[str]) -> StepInputs:
+    run_inputs, policy = run_store.inputs_and_policy(conn, run_id)
+    upstream: dict[str, Any] = {}
+    refs: dict[str, str] = {}
+    # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
+    if needs:
+        for row in step_store.load_outputs(conn, run_id, needs):
+            if row.output_ref:
+                refs[row.key] = row.output_ref
+            else:
+                upstream[row.key] = row.output
+    return StepInputs(dict(run_inputs or {}), upstream, policy, refs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +159,7 @@ def record_success(conn: Connection, claim: Claim, produced: Produced, flows: pr
         fields["output_text"] = output if isinstance(output, str) else None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
     assert finished is not None  # the lease is held under this transaction's lock
+    step_store.satisfy_dependents(conn, claim.run_id, claim.key)
     named = (finished.spec or {}).get("artifact")
     if named:
         # The flow asked for this step's output as a named artifact (attempt-2.md, plan.json…).
@@ -342,6 +376,7 @@ def repair_running_runs(conn: Connection, flows: progress.Flows) -> int:
         locked = run_store.lock_run(conn, run.id)
         if locked is None:
             continue
+        step_store.recount_unmet(conn, run.id)
         append_events(conn, run.id, progress.advance_run(conn, locked, flows))
         repaired += 1
     return repaired

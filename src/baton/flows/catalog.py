@@ -14,7 +14,7 @@ from types import MappingProxyType, ModuleType
 
 from baton.domain.errors import BatonError, InvalidFlow, UnknownFlow
 from baton.flows.inputs import validate_schema
-from baton.flows.spec import Flow
+from baton.flows.spec import Flow, check_bands
 
 #: Modules loaded when no `--flows` is given; BATON_FLOWS adds to them.
 DEFAULT_SOURCES = ("baton.examples",)
@@ -39,6 +39,7 @@ class Catalog:
             also = f", again from {source}" if source else ""
             raise InvalidFlow(f"flow {flow.name!r} is declared twice{where}{also}: flow names must be unique")
         validate_schema(flow.input_schema, what=f"the input schema of flow {flow.name}")
+        check_bands(flow)
         self._flows[flow.name] = flow
         if source:
             self._origins[flow.name] = source
@@ -73,13 +74,17 @@ def default_sources() -> list[str]:
 
 
 def load_catalog(sources: Sequence[str]) -> Catalog:
-    """Import each source (a dotted module name or a `.py` path) and collect its flows."""
+    """Collect the flows of each source: a dotted module name, a `.py` path, or YAML (a `.yaml`
+    file, or a folder with `baton.yaml` or `flows/*.yaml`; see baton.flows.yaml_loader)."""
+    from baton.flows.yaml_loader import is_yaml_source, load_yaml_flows
+
     catalog = Catalog()
     for source in sources:
         source = source.strip()
         if not source:
             continue
-        for flow in flows_in(_import(source), source):
+        found = load_yaml_flows(source) if is_yaml_source(source) else flows_in(_import(source), source)
+        for flow in found:
             catalog.add(flow, source=source)
     return catalog
 

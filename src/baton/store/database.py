@@ -143,6 +143,7 @@ class Database:
         self.busy_retries = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="baton-sqlite-read")
+        self._read_engine = _sqlite_engine(url, read_only=True) if isinstance(engine, Engine) else None
 
     @classmethod
     async def open(cls, url: str | None = None, *, upgrade: bool | None = None) -> Database:
@@ -178,6 +179,8 @@ class Database:
             self._writer.shutdown(wait=True)
             self._readers.shutdown(wait=True)
             self.engine.dispose()
+            if self._read_engine is not None:
+                self._read_engine.dispose()
 
     # --- transactions --------------------------------------------------------------------
 
@@ -231,10 +234,11 @@ class Database:
 
     async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
         if isinstance(self.engine, Engine):
-            executor = self._readers if read_only else self._writer
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, _sync_attempt, self.engine, read_only, body
-            )
+            if read_only and self._read_engine is not None:
+                executor, engine = self._readers, self._read_engine
+            else:
+                executor, engine = self._writer, self.engine
+            return await asyncio.get_running_loop().run_in_executor(executor, _sync_attempt, engine, body)
         async with self.engine.connect() as aconn:
             if read_only:
                 aconn = await aconn.execution_options(baton_read_only=True)
@@ -259,12 +263,9 @@ class Database:
         )
 
 
-def _sync_attempt(engine: Engine, read_only: bool, body: Callable[[Connection], T]) -> T:
-    with engine.connect() as conn:
-        if read_only:
-            conn = conn.execution_options(baton_read_only=True)
-        with conn.begin():
-            return body(conn)
+def _sync_attempt(engine: Engine, body: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn, conn.begin():
+        return body(conn)
 
 
 async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
@@ -290,22 +291,28 @@ async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
     return task.result()
 
 
+def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
+    engine = create_engine(sync_url(url), connect_args={"timeout": 5.0, "check_same_thread": False})
+    _install_sqlite_discipline(engine, read_only=read_only)
+    return engine
+
+
 def _create_engine(url: str, dialect: Dialect) -> AsyncEngine | Engine:
     if dialect.name == "sqlite":
-        engine = create_engine(sync_url(url), connect_args={"timeout": 5.0, "check_same_thread": False})
-        _install_sqlite_discipline(engine)
-        return engine
+        return _sqlite_engine(url, read_only=False)
     return create_async_engine(
         url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5}
     )
 
 
-def _install_sqlite_discipline(engine: Engine) -> None:
+def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:
     """WAL, busy timeout, foreign keys, synchronous=FULL; BEGIN IMMEDIATE for every write.
 
     pysqlite's own transaction handling is switched off so that SQLAlchemy's `begin` decides
     how a transaction starts: a deferred BEGIN that later writes can fail with SQLITE_BUSY
-    without honouring busy_timeout, which IMMEDIATE avoids.
+    without honouring busy_timeout, which IMMEDIATE avoids. Reads use their own connections,
+    made query_only, so a write slipped into a read transaction fails loudly instead of taking
+    the write lock late, where busy_timeout cannot help.
     """
 
     @event.listens_for(engine, "connect")
@@ -316,26 +323,13 @@ def _install_sqlite_discipline(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
-        # query_only makes a write slipped into a read transaction fail loudly instead of
-        # taking the write lock late, where busy_timeout cannot help.
-        read_only = bool(conn.get_execution_options().get("baton_read_only"))
-        # The pragma sticks to the DBAPI connection, whose `info` lives (and is cleared) with it:
-        # set it only when this transaction needs the other mode, saving a round trip per transaction.
-        info = conn.connection.info
-        if read_only:
-            if info.get("baton_query_only") is not True:
-                conn.exec_driver_sql("PRAGMA query_only=ON")
-                info["baton_query_only"] = True
-            conn.exec_driver_sql("BEGIN")
-        else:
-            if info.get("baton_query_only") is not False:
-                conn.exec_driver_sql("PRAGMA query_only=OFF")
-                info["baton_query_only"] = False
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _is_contention(error: exc.DBAPIError) -> bool:

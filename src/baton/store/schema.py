@@ -91,6 +91,10 @@ steps = Table(
     Column("kind", String(10), nullable=False),
     Column("status", String(12), nullable=False),
     Column("needs", JSON, nullable=False),
+    # `needs` as `|a|b|`, so the steps waiting on one that just succeeded are found by one LIKE.
+    Column("needs_key", Text, nullable=False, server_default=""),
+    #: how many of `needs` have not succeeded yet; a pending step with 0 is ready
+    Column("unmet", Integer, nullable=False, server_default="0"),
     Column("position", Integer, nullable=False),
     Column("spec", JSON, nullable=False),
     Column("attempt", Integer, nullable=False, server_default="0"),
@@ -115,6 +119,7 @@ steps = Table(
     # The claim query: queued steps whose time has come, oldest first.
     Index("ix_steps_claimable", "status", "available_at"),
     Index("ix_steps_lease", "status", "lease_expires_at"),
+    Index("ix_steps_run_status", "run_id", "status"),
 )
 
 events = Table(

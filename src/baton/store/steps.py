@@ -17,9 +17,127 @@ S = StepStatus
 
 
 def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert step rows (each with key, kind, needs, position, spec, max_attempts, status…)."""
+    """Insert step rows (each with key, kind, needs, position, spec, max_attempts, status…).
+
+    Each row gets `unmet`: how many of its needs have not succeeded, counting steps already in
+    the run (for steps a flow adds later) and succeeded rows of this batch (for forks).
+    """
+    if not rows:
+        return
+    done = {r["key"] for r in rows if r.get("status") == S.SUCCEEDED.value}
+    if any(r.get("needs") for r in rows):
+        done |= set(
+            conn.execute(
+                select(steps.c.key).where(steps.c.run_id == run_id, steps.c.status == S.SUCCEEDED.value)
+            ).scalars()
+        )
+    conn.execute(
+        insert(steps),
+        [
+            {
+                "id": new_id("stp"),
+                "run_id": run_id,
+                "needs_key": needs_key(row.get("needs") or ()),
+                "unmet": sum(1 for need in row.get("needs") or () if need not in done),
+                **row,
+            }
+            for row in rows
+        ],
+    )
+
+
+def needs_key(needs: Iterable[str]) -> str:
+    needs = list(needs)
+    return "|" + "|".join(needs) + "|" if needs else ""
+
+
+def satisfy_dependents(conn: Connection, run_id: str, key: str) -> None:
+    """`key` succeeded: every pending step that needs it has one unmet need fewer."""
+    conn.execute(
+        update(steps)
+        .where(
+            steps.c.run_id == run_id,
+            steps.c.status == S.PENDING.value,
+            steps.c.needs_key.contains(f"|{key}|", autoescape=True),
+        )
+        .values(unmet=steps.c.unmet - 1)
+    )
+
+
+def recount_unmet(conn: Connection, run_id: str) -> None:
+    """Recompute every pending step's `unmet` from scratch (after resume, fork or a repair)."""
+    rows = list(
+        conn.execute(select(steps.c.key, steps.c.status, steps.c.needs).where(steps.c.run_id == run_id))
+    )
+    done = {r.key for r in rows if r.status == S.SUCCEEDED.value}
+    for row in rows:
+        if row.status == S.PENDING.value:
+            unmet = sum(1 for need in row.needs or () if need not in done)
+            conn.execute(
+                update(steps).where(steps.c.run_id == run_id, steps.c.key == row.key).values(unmet=unmet)
+            )
+
+
+def queue_ready(conn: Connection, run_id: str, now: float) -> list[str]:
+    """Pending work steps with every need met become queued; returns their keys in flow order."""
+    rows = conn.execute(
+        update(steps)
+        .where(
+            steps.c.run_id == run_id,
+            steps.c.status == S.PENDING.value,
+            steps.c.unmet <= 0,
+            steps.c.kind != "input",
+        )
+        .values(status=S.QUEUED.value, available_at=now)
+        .returning(steps.c.key, steps.c.position)
+    ).all()
     if rows:
-        conn.execute(insert(steps), [{"id": new_id("stp"), "run_id": run_id, **row} for row in rows])
+        touch(conn, "steps")
+    return [key for key, _ in sorted(rows, key=lambda r: r[1])]
+
+
+def ready_inputs(conn: Connection, run_id: str) -> list[Row[Any]]:
+    """Pending input steps with every need met, in flow order, with their specs."""
+    return list(
+        conn.execute(
+            select(steps.c.key, steps.c.spec)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.status == S.PENDING.value,
+                steps.c.unmet <= 0,
+                steps.c.kind == "input",
+            )
+            .order_by(steps.c.position)
+        )
+    )
+
+
+def unfinished_states(conn: Connection, run_id: str) -> tuple[list[Row[Any]], list[str]]:
+    """What judging a run needs: the steps that are not done and not blocked, and the blocked keys.
+
+    Blocked = pending with an unmet need; only their keys matter (for the reason a stuck run gives).
+    """
+    rows = list(
+        conn.execute(
+            select(*_STATE_COLUMNS)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.status.not_in([S.SUCCEEDED.value, S.SKIPPED.value]),
+                (steps.c.status != S.PENDING.value) | (steps.c.unmet <= 0),
+            )
+            .order_by(steps.c.position)
+        )
+    )
+    blocked: list[str] = []
+    if not any(r.status in (S.QUEUED.value, S.RUNNING.value, S.WAITING.value, S.FAILED.value) for r in rows):
+        blocked = list(
+            conn.execute(
+                select(steps.c.key)
+                .where(steps.c.run_id == run_id, steps.c.status == S.PENDING.value, steps.c.unmet > 0)
+                .order_by(steps.c.position)
+            ).scalars()
+        )
+    return rows, blocked
 
 
 def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
@@ -52,13 +170,6 @@ _STATE_COLUMNS = [
     # Input steps keep their spec: its prompt is the reason a waiting run gives.
     case((steps.c.kind == "input", steps.c.spec), else_=None).label("spec"),
 ]
-
-
-def load_step_states(conn: Connection, run_id: str) -> list[Row[Any]]:
-    """A run's steps with only their scheduling state: cheap enough to read on every completion."""
-    return list(
-        conn.execute(select(*_STATE_COLUMNS).where(steps.c.run_id == run_id).order_by(steps.c.position))
-    )
 
 
 def specs_of(conn: Connection, run_id: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,8 @@ def flow_out(flow: Flow) -> FlowOut:
         description=flow.description,
         category=flow.category,
         version=flow.version,
-        bands=list(getattr(flow, "bands", None) or ["small", "medium", "large"]),
+        bands=list(flow.bands or ["small", "medium", "large"]),
+        band_details={name: dict(band or {}) for name, band in flow.bands.items()},
         input_schema=dict(flow.input_schema),
         require_confirmation=flow.require_confirmation,
         steps=[

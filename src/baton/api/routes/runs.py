@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import Connection
 
 from baton.api.convert import artifact_out, event_out, run_out, run_summary
 from baton.api.dependencies import Caller, Rt, visible_run
+from baton.api.export import export_json, export_markdown, read_export
 from baton.api.schemas import (
     ArtifactOut,
     EventPage,
@@ -245,49 +244,9 @@ async def get_artifact(run_id: str, artifact_id: str, who: Caller, rt: Rt) -> Re
     responses={200: {"content": {"application/json": {}, "text/markdown": {}}, "description": "the run"}},
 )
 async def export_run(run_id: str, who: Caller, rt: Rt, format: Literal["json", "md"] = "json") -> Response:
-    """The whole run as one document: JSON (run, steps, events, artifacts) or Markdown."""
+    """The whole run as one document: JSON (run, steps, input requests, events, artifacts) or Markdown."""
     await visible_run(rt, who, run_id)
-    snapshot = await rt.lifecycle.get_run(run_id)
-    events = await rt.db.read(_all_events, run_id)
-    artifacts = await rt.db.read(artifact_store.list_artifacts, run_id)
-    run = run_out(snapshot)
+    snapshot, events, artifacts = await read_export(rt, run_id)
     if format == "md":
-        return PlainTextResponse(_markdown(run, events), media_type="text/markdown")
-    document = {
-        "run": json.loads(run.model_dump_json()),
-        "events": [json.loads(event_out(e).model_dump_json()) for e in events],
-        "artifacts": [json.loads(artifact_out(a).model_dump_json()) for a in artifacts],
-    }
-    return JSONResponse(document)
-
-
-def _all_events(conn: Connection, run_id: str) -> list[Any]:
-    rows: list[Any] = []
-    while True:
-        page = event_store.events_after(conn, run_id, rows[-1].seq if rows else 0, 10_000)
-        rows.extend(page)
-        if len(page) < 10_000:
-            return rows
-
-
-def _markdown(run: RunOut, events: list[Any]) -> str:
-    lines = [
-        f"# {run.title or run.flow}",
-        "",
-        f"- run: `{run.id}`",
-        f"- flow: {run.flow}",
-        f"- status: {run.status} ({run.status_reason})",
-        f"- created: {run.created_at.isoformat()}",
-        "",
-    ]
-    if run.report:
-        lines += ["## Report", "", run.report, ""]
-    lines += ["## Steps", "", "| step | kind | status | attempt | error |", "| --- | --- | --- | --- | --- |"]
-    for step in run.steps:
-        lines.append(f"| {step.key} | {step.kind} | {step.status} | {step.attempt} | {step.error or ''} |")
-    lines += ["", "## Timeline", ""]
-    for event in events:
-        if event.type != "step.delta":
-            where = f" {event.step_key}" if event.step_key else ""
-            lines.append(f"- {event.seq}. `{event.type}`{where}")
-    return "\n".join(lines) + "\n"
+        return PlainTextResponse(export_markdown(snapshot, events), media_type="text/markdown")
+    return JSONResponse(export_json(snapshot, events, artifacts))
