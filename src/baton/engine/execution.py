@@ -8,12 +8,13 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from sqlalchemy import Connection
 
-from baton.agents.base import PolicyRefused, StepResult
+from baton.agents.base import OutputInvalid, PolicyRefused, StepResult
 from baton.domain.errors import BatonError, StepFailed
 from baton.domain.events import EventDraft
 from baton.domain.policy import Policy
@@ -45,6 +46,21 @@ def load_artifact_outputs(conn: Connection, refs: Mapping[str, str]) -> dict[str
     return loaded
 
 
+def check_output(output: Any, schema: Mapping[str, Any]) -> None:
+    """Every engine's structured output meets the agent's schema, or the attempt fails with why.
+
+    The errors go back to the next attempt as feedback (see agent_step), whatever the engine.
+    """
+    problems = [
+        f"{'/'.join(str(p) for p in error.absolute_path) or '(output)'}: {error.message}"
+        for error in Draft202012Validator(schema).iter_errors(output)
+    ]
+    if problems:
+        raise OutputInvalid(
+            "the output does not match the agent's output schema: " + "; ".join(problems[:20])
+        )
+
+
 class StepExecution:
     """Carries one claimed step from start to its recorded end."""
 
@@ -59,6 +75,9 @@ class StepExecution:
         self.cancel_reason: str | None = None
         self.lost = False
         self.policy = Policy()
+        #: set by the worker: claim what this step makes ready, and who takes it over
+        self.claim_next: step_results.ClaimNext | None = None
+        self.handoff: Callable[[list[Any]], None] | None = None
 
     async def run(self) -> None:
         started = time.perf_counter()
@@ -96,7 +115,11 @@ class StepExecution:
                 usage=produced.usage,
                 engine=produced.engine,
             )
-            await self._shielded(step_results.record_success, claim, produced, self.flows)
+            successors = await self._shielded(
+                step_results.record_success, claim, produced, self.flows, self.claim_next
+            )
+            if successors and self.handoff is not None:
+                self.handoff(successors)
         except asyncio.CancelledError:
             if self.lost:
                 logger.warning(
@@ -145,6 +168,8 @@ class StepExecution:
                 self.lost = True
                 raise asyncio.CancelledError  # the lease was lost before the engine started
             result: StepResult = await plan.engine.run(plan.request, self.ctx)
+            if plan.request.output_schema:
+                check_output(result.output, plan.request.output_schema)
             label = (
                 result.engine
                 if result.model in (None, result.engine)

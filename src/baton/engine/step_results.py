@@ -58,13 +58,18 @@ def claim_of(row: Row[Any]) -> Claim:
 
 
 def claim_with_events(
-    conn: Connection, worker_id: str, lease_s: float, limit: int, flows: Sequence[str] | None
+    conn: Connection,
+    worker_id: str,
+    lease_s: float,
+    limit: int,
+    flows: Sequence[str] | None,
+    run_id: str | None = None,
 ) -> list[SimpleNamespace]:
     """Claim ready steps and record `step.started` for each, in the claim's transaction.
 
     Each claimed step comes back with its run's `flow` name, so the worker knows what to call.
     """
-    rows = step_store.claim_steps(conn, worker_id, lease_s, limit, flows)
+    rows = step_store.claim_steps(conn, worker_id, lease_s, limit, flows, run_id=run_id)
     claimed = []
     for row in rows:
         append_events(
@@ -119,8 +124,37 @@ class Produced:
     engine: str | None = None
 
 
-def record_success(conn: Connection, claim: Claim, produced: Produced, flows: progress.Flows) -> bool:
-    """Store the result, its artifacts and events, and move the run on. False when the lease was lost."""
+@dataclass(frozen=True, slots=True)
+class ClaimNext:
+    """Lets the worker that records a step claim, in the same transaction, what that step made ready."""
+
+    worker_id: str
+    lease_s: float
+    limit: int
+    flows: Sequence[str] | None
+
+
+def record_success(
+    conn: Connection,
+    claim: Claim,
+    produced: Produced,
+    flows: progress.Flows,
+    claim_next: ClaimNext | None = None,
+) -> list[SimpleNamespace]:
+    """Store the result, its artifacts and events, and move the run on.
+
+    With `claim_next`, steps of the same run that became ready are claimed for this worker in
+    the same transaction (one commit per step of a chain instead of two); they are returned.
+    """
+    recorded = _record_success(conn, claim, produced, flows)
+    if not recorded or claim_next is None or claim_next.limit < 1:
+        return []
+    return claim_with_events(
+        conn, claim_next.worker_id, claim_next.lease_s, claim_next.limit, claim_next.flows, claim.run_id
+    )
+
+
+def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: progress.Flows) -> bool:
     run = run_store.lock_run(conn, claim.run_id)
     if run is None:
         return False

@@ -56,6 +56,7 @@ class Worker:
         self.in_flight: dict[str, StepExecution] = {}
         self._stop = asyncio.Event()
         self._side: list[asyncio.Task[None]] = []
+        self._names = catalog.names()
         self.steps_run = 0
         self._until_idle = False
         #: Whether the last claim got as many steps as it had free slots (so more may be ready).
@@ -97,7 +98,7 @@ class Worker:
     # --- the claim loop ---------------------------------------------------------------------
 
     async def _claim_loop(self, until_idle: bool) -> None:
-        names = self.catalog.names()
+        names = self._names
         wake_on = ["steps", "cancel", f"worker:{self.id}"]
         cancels_seen = self.db.topics.version(["cancel"])
         last_cancel_check = time.monotonic()
@@ -141,10 +142,18 @@ class Worker:
 
     def _start(self, row: Any) -> None:
         execution = StepExecution(self.db, self.flows, row, self.flows[row.flow])
+        if not self._stop.is_set():
+            # The step's own slot frees as it ends: it may claim one successor on the way out.
+            execution.claim_next = step_results.ClaimNext(self.id, self.settings.lease_s, 1, self._names)
+            execution.handoff = self._adopt
         execution.task = asyncio.create_task(execution.run(), name=f"baton-step-{row.key}")
         self.in_flight[row.lease_token] = execution
         token: str = row.lease_token
         execution.task.add_done_callback(lambda _task: self._finished(token))
+
+    def _adopt(self, rows: list[Any]) -> None:
+        for row in rows:
+            self._start(row)
 
     def _finished(self, token: str) -> None:
         execution = self.in_flight.pop(token, None)

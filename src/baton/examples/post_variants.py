@@ -175,6 +175,8 @@ post_variants = plan_flow(
             "platform": {"type": "string", "enum": sorted(PLATFORM_LIMITS), "default": "linkedin"},
             "constraints": {"type": "array", "items": {"type": "string"}, "default": []},
         },
+        # Required with a default: runs as is, and `baton run post-variants "a brief"` fills it.
+        "required": ["brief"],
         "additionalProperties": False,
     },
     report_template="""# {{ run.title or "Social post variants" }}

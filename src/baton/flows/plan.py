@@ -13,6 +13,10 @@ of flow".
 The planner is either a pure function (the rule-based planner is the offline default) run as a
 code step, or an agent (`AgentPlanner`) whose output is the plan JSON; a plan an agent produced
 gets one re-plan (`replan`) with the problems fed back, a rule-based plan fails the run at once.
+
+Past the 800-line budget on purpose, for now: the envelope, the capability registry, the plan
+checks and the hook were written together as one owned file; split them by noun (envelope,
+capabilities, plan hook) when the file next grows.
 """
 
 from __future__ import annotations
@@ -652,6 +656,9 @@ class PlanHook:
             return self._decide(run, finished)
         except BatonError as error:  # never let a bad plan or envelope take the transaction down
             return Expansion(finish=Finish(False, error.message), progress={"stage": "failed"})
+        except Exception as error:  # a bug in envelope_from_inputs: fail the run, keep the step's end
+            reason = f"the plan flow could not decide what comes next: {type(error).__name__}: {error}"
+            return Expansion(finish=Finish(False, reason), progress={"stage": "failed"})
 
     def _decide(self, run: RunView, finished: StepView) -> Expansion | None:
         if finished.key in (PLAN, REPLAN):

@@ -214,7 +214,13 @@ LIMIT :limit"""
 
 
 def claim_steps(
-    conn: Connection, worker_id: str, lease_s: float, limit: int, flows: Sequence[str] | None = None
+    conn: Connection,
+    worker_id: str,
+    lease_s: float,
+    limit: int,
+    flows: Sequence[str] | None = None,
+    *,
+    run_id: str | None = None,
 ) -> list[Row[Any]]:
     """Claim up to `limit` ready steps: attempt + 1, a fresh lease token, a lease on the DB clock.
 
@@ -232,6 +238,9 @@ def claim_steps(
         names = sorted(flows)
         flow_filter = " AND runs.flow IN (" + ", ".join(f":flow{i}" for i in range(len(names))) + ")"
         params.update({f"flow{i}": name for i, name in enumerate(names)})
+    if run_id is not None:
+        flow_filter += " AND steps.run_id = :run_id"
+        params["run_id"] = run_id
     query = _CLAIM_CANDIDATES.format(flows=flow_filter) + dialect_of(conn).lock_clause()
     candidates = list(conn.execute(text(query), params).scalars())
     claimed = []
