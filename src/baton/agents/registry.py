@@ -28,7 +28,9 @@ class CallableEngine(Engine):
         self.spec = spec
 
     def supports_read_only(self) -> bool:
-        return False  # arbitrary Python can write anywhere; a read-only run refuses it
+        # Arbitrary Python can write anywhere: a read-only run refuses it unless the function
+        # declares itself read-only (`fn.baton_read_only = True`), which its author vouches for.
+        return bool(getattr(self.fn, "baton_read_only", False))
 
     async def run(self, request: StepRequest, ctx: StepContext) -> StepResult:
         if inspect.iscoroutinefunction(self.fn):

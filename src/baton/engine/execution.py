@@ -76,7 +76,7 @@ class StepExecution:
         self.lost = False
         self.policy = Policy()
         #: set by the worker: claim what this step makes ready, and who takes it over
-        self.claim_next: step_results.ClaimNext | None = None
+        self.claim_next: Callable[[], step_results.ClaimNext | None] | None = None
         self.handoff: Callable[[list[Any]], None] | None = None
 
     async def run(self) -> None:
@@ -115,8 +115,9 @@ class StepExecution:
                 usage=produced.usage,
                 engine=produced.engine,
             )
+            claim_next = self.claim_next() if self.claim_next is not None else None
             successors = await self._shielded(
-                step_results.record_success, claim, produced, self.flows, self.claim_next
+                step_results.record_success, claim, produced, self.flows, claim_next
             )
             if successors and self.handoff is not None:
                 self.handoff(successors)

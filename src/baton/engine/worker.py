@@ -142,14 +142,19 @@ class Worker:
 
     def _start(self, row: Any) -> None:
         execution = StepExecution(self.db, self.flows, row, self.flows[row.flow])
-        if not self._stop.is_set():
-            # The step's own slot frees as it ends: it may claim one successor on the way out.
-            execution.claim_next = step_results.ClaimNext(self.id, self.settings.lease_s, 1, self._names)
-            execution.handoff = self._adopt
+        # The step's own slot frees as it ends: it may claim one successor on the way out,
+        # unless the worker is stopping by then.
+        execution.claim_next = self._claim_next
+        execution.handoff = self._adopt
         execution.task = asyncio.create_task(execution.run(), name=f"baton-step-{row.key}")
         self.in_flight[row.lease_token] = execution
         token: str = row.lease_token
         execution.task.add_done_callback(lambda _task: self._finished(token))
+
+    def _claim_next(self) -> step_results.ClaimNext | None:
+        if self._stop.is_set():
+            return None
+        return step_results.ClaimNext(self.id, self.settings.lease_s, 1, self._names)
 
     def _adopt(self, rows: list[Any]) -> None:
         for row in rows:

@@ -206,7 +206,7 @@ class LoopHook:
         limit = self.settings.attempts_for(run.band)
         base = {"max_attempts": limit, "pass_threshold": self.settings.pass_threshold}
         if role == START:
-            first = {**base, "current_attempt": 1, "score": None, "scores": []}
+            first: dict[str, Any] = {**base, "current_attempt": 1, "score": None, "scores": []}
             if _succeeded(run, f"{EVALUATE}-1"):
                 return None  # `start` came last: the evaluation recorded newer progress already
             if _succeeded(run, draft_key(1)):

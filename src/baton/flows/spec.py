@@ -206,7 +206,9 @@ class Flow:
             engine_spec = f"function:{key}"
         else:
             engine_spec = engine or str(fields.get("engine") or "default")
-        fields["engine"] = engine_spec
+        if engine is not None or "ref" not in fields:
+            # A step naming a declared agent keeps that agent's engine unless it names another.
+            fields["engine"] = engine_spec
         fields.setdefault("name", key)
         if persona is not None:
             fields["persona"] = persona
