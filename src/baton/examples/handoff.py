@@ -92,7 +92,7 @@ handoff = Flow(
     title="Hand off a task",
     description=(
         "Gathers the context of a task, proposes a plan, waits for a person to approve or reject it, "
-        "then acts on the decision read-only."
+        "then acts on the decision read-only (step `act`, added once the decision is in)."
     ),
     category="Planning",
     input_schema={

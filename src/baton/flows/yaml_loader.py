@@ -26,11 +26,14 @@ holds either those sections or one flow at the top level:
         needs: [reviewer, approve]
 
 A loop flow (`kind: loop`) names `producer`, `evaluator` and `reviser` (an agent name, or
-`{agent: …, prompt: …}`), `max_attempts` and `pass_threshold` instead of steps.
+`{agent: …, prompt: …}`), `max_attempts` and `pass_threshold` instead of steps (see baton.flows.loop).
 
 An agent named by a step is taken from the source's own agents (copied into the step), else from
 the agents of BATON_AGENTS (looked up again when the step runs). A `call:` is imported from the
 Python path, else from a `.py` file next to the YAML file.
+
+Past the 800-line budget on purpose: most lines are the messages of individual checks, each naming
+its field, value, line and fix; split graph steps and loop roles apart if it grows further.
 """
 
 from __future__ import annotations
@@ -183,10 +186,13 @@ class _Reader:
         #: the agents loader: checks inline and declared agents, collects their problems
         self.agents = personas._Loader()
         self.external = agents
-        self.external_given = agents is not None
         self.where: dict[str, str] = {}
         #: folders a `call:` module may also be found in: the YAML file's, then the source's
         self.folders: list[Path] = []
+
+    def count(self) -> int:
+        """Problems found so far, the agent loader's included."""
+        return len(self.problems) + len(self.agents.problems)
 
     # --- files
 
@@ -281,7 +287,7 @@ class _Reader:
     # --- one flow
 
     def flow(self, path: Path, data: _Located, key: str, line: int) -> None:
-        before = len(self.problems)
+        before = self.count()
         at = _At(path, data)
         given = data.get("name")
         if key and given is not None and given != key:
@@ -345,62 +351,23 @@ class _Reader:
         if "report_template" in data:
             options["report_template"] = self.template(at, label)
 
-        if kind == "graph":
-            steps = self.steps(path, data, label)
-            bands = self.bands(at, label, "graph", {s.key for s in steps})
-            if len(self.problems) > before:
-                return
-            self.build_graph(path, line, label, options, steps, bands)
-        else:
-            roles = {role: self.role(at, label, role) for role in _ROLES}
-            loop = self.loop_settings(at, label)
-            bands = self.bands(at, label, "loop", set())
-            if len(self.problems) > before:
-                return
-            self.build_loop(path, line, label, options, roles, loop, bands)
-
-    def build_graph(
-        self,
-        path: Path,
-        line: int,
-        label: str,
-        options: dict[str, Any],
-        steps: list[_StepDecl],
-        bands: dict[str, Any],
-    ) -> None:
+        steps = self.steps(path, data, label) if kind == "graph" else []
+        roles: dict[str, Any] = {r: self.role(at, label, r) for r in _ROLES} if kind == "loop" else {}
+        loop = self.loop_settings(at, label) if kind == "loop" else {}
+        bands = self.bands(at, label, kind, {s.key for s in steps})
+        if self.count() > before:
+            return  # a flow is built only when its declaration is clean
         try:
-            flow = Flow(**options, bands=bands)
-            # Added in an order where each step's needs come first, then put back in file order.
-            order = {s.key: i for i, s in enumerate(steps)}
-            for decl in _topological(steps):
-                decl.build(flow, tuple(n for n, _ in decl.needs))
-            flow.steps.sort(key=lambda s: order[s.key])
-            check_bands(flow)
-        except (BatonError, TypeError, ValueError) as error:
+            flow = (
+                _graph(options, steps, bands)
+                if kind == "graph"
+                else loop_flow(**options, **roles, **loop, bands=bands)
+            )
+        except (BatonError, TypeError, ValueError) as error:  # checked above; kept for safety
             self.problems.append(f"{path}:{line}: {label}: {_message(error)}")
             return
-        self.keep(flow, f"{path}:{line}")
-
-    def build_loop(
-        self,
-        path: Path,
-        line: int,
-        label: str,
-        options: dict[str, Any],
-        roles: dict[str, Any],
-        loop: dict[str, Any],
-        bands: dict[str, Any],
-    ) -> None:
-        try:
-            flow = loop_flow(**options, **roles, **loop, bands=bands)
-        except (BatonError, TypeError, ValueError) as error:
-            self.problems.append(f"{path}:{line}: {label}: {_message(error)}")
-            return
-        self.keep(flow, f"{path}:{line}")
-
-    def keep(self, flow: Flow, where: str) -> None:
         self.result.flows.append(flow)
-        self.result.locations[flow.name] = where
+        self.result.locations[flow.name] = f"{path}:{line}"
 
     # --- flow fields
 
@@ -629,7 +596,7 @@ class _Reader:
         return declared
 
     def step(self, path: Path, data: _Located, key: str, line: int) -> _StepDecl | None:
-        before = len(self.problems) + len(self.agents.problems)
+        before = self.count()
         at = _At(path, data)
         label = f"step {key!r}"
         kind = data.get("kind")
@@ -700,7 +667,7 @@ class _Reader:
                 flow.agent(key, agent=agent, prompt=prompt, needs=needs, **common, **retries)
 
             kind_enum = StepKind.AGENT
-        if len(self.problems) + len(self.agents.problems) > before:
+        if self.count() > before:
             return _StepDecl(key, line, kind_enum, needs, _never)
         return _StepDecl(key, line, kind_enum, needs, build)
 
@@ -869,6 +836,17 @@ class _At:
 
 def _never(flow: Flow, needs: tuple[str, ...]) -> None:  # pragma: no cover - built only when valid
     raise InvalidFlow("this step has problems and cannot be built")
+
+
+def _graph(options: Mapping[str, Any], steps: Sequence[_StepDecl], bands: Mapping[str, Any]) -> Flow:
+    flow = Flow(**options, bands=bands)
+    # Added in an order where each step's needs come first, then put back in file order.
+    order = {s.key: i for i, s in enumerate(steps)}
+    for decl in _topological(steps):
+        decl.build(flow, tuple(n for n, _ in decl.needs))
+    flow.steps.sort(key=lambda s: order[s.key])
+    check_bands(flow)
+    return flow
 
 
 def _yaml_files(folder: Path) -> list[Path]:
