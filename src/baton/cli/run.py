@@ -363,15 +363,20 @@ def show_plan(run: dict[str, Any], flow_name: str, flow_version: str) -> None:
 
 
 def focus_input(schema: Mapping[str, Any]) -> str | None:
-    """The input a quick launch fills: `focus`, else the first required text input, else None."""
+    """The input a quick launch fills: `focus`, else the first required text input, else the first
+    text input declared, else None."""
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     if "focus" in properties:
         return "focus"
-    for name in schema.get("required") or []:
+
+    def is_text(name: Any) -> bool:
         prop = properties.get(name)
         kind = prop.get("type") if isinstance(prop, Mapping) else None
-        if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return kind == "string" or (isinstance(kind, list) and "string" in kind)
+
+    for name in [*(schema.get("required") or []), *properties]:
+        if is_text(name):
             return str(name)
     return None
 
@@ -387,7 +392,7 @@ def with_focus(
     name = focus_input(schema)
     if name is None:
         raise UsageError(
-            f"flow {flow} takes no focus text: it has no `focus` input and no required text input; "
+            f"flow {flow} takes no focus text: it has no text input; "
             "give its inputs with --input KEY=VALUE"
         )
     if name in inputs:
