@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from baton.cli.run import focus_input
+from baton.cli.run import focus_input, with_focus
 from baton.domain.errors import UsageError
 from baton.engine.lifecycle import RunRequest
 from baton.engine.worker import WorkerSettings
@@ -180,15 +180,17 @@ def test_quick_launch_puts_the_focus_text_in_the_focus_input(tmp_path: Path) -> 
 
     twice = baton(*common, "run", "yaml-review", "x", "--input", "focus=y", cwd=tmp_path, home=tmp_path)
     assert twice.returncode == 2 and "given twice" in twice.stderr
-    none = baton(*common, "run", "yaml-tagline", "a focus", "--no-follow", cwd=tmp_path, home=tmp_path)
-    assert none.returncode == 2 and "takes no focus text" in none.stderr
+    # A flow without any text input refuses a focus text (see with_focus below).
 
 
-def test_the_focus_input_is_focus_else_the_first_required_text_input() -> None:
+def test_the_focus_input_is_focus_else_a_required_text_input_else_any_text_input() -> None:
     assert focus_input({"properties": {"focus": {"type": "string"}, "q": {"type": "string"}}}) == "focus"
     schema = {
         "properties": {"n": {"type": "integer"}, "topic": {"type": "string"}, "q": {"type": "string"}},
         "required": ["n", "topic", "q"],
     }
     assert focus_input(schema) == "topic"
-    assert focus_input({"properties": {"topic": {"type": "string"}}}) is None
+    assert focus_input({"properties": {"n": {"type": "integer"}, "topic": {"type": "string"}}}) == "topic"
+    assert focus_input({"properties": {"n": {"type": "integer"}}}) is None
+    with pytest.raises(UsageError, match="takes no focus text"):
+        with_focus({}, "a focus", {"properties": {"n": {"type": "integer"}}}, "numbers")
