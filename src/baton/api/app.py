@@ -16,7 +16,7 @@ from baton.api import problems
 from baton.api.bootstrap import bootstrap_if_empty
 from baton.api.dependencies import RateLimiter
 from baton.api.routes import catalog as catalog_routes
-from baton.api.routes import health, inputs, runs, tenancy
+from baton.api.routes import health, inputs, runs, tenancy, workers
 from baton.api.stream import router as stream_router
 from baton.config import ServerSettings
 from baton.domain.errors import BatonError
@@ -25,6 +25,7 @@ from baton.engine.worker import WorkerSettings
 from baton.flows.catalog import Catalog
 from baton.runtime import open_runtime
 from baton.store import tenancy as tenancy_store
+from baton.web import install as install_dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,10 @@ def create_app(settings: ServerSettings, *, catalog: Catalog | None = None) -> F
         tenancy.router,
         stream_router,
         health.router,
+        workers.router,
     ):
         app.include_router(router)
+    install_dashboard(app)
 
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

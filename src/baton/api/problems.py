@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -119,10 +120,16 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"Retry-After": "1"} if status == 429 else None
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    sent = dict(headers or {})
+    if status == 429:
+        sent.setdefault("Retry-After", "1")
+    elif status == 401:  # RFC 9110: a 401 names the scheme that would work
+        sent.setdefault("WWW-Authenticate", 'Bearer realm="baton"')
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=sent or None)
 
 
 def baton_problem(error: errors.BatonError) -> JSONResponse:
@@ -166,7 +173,8 @@ def install(app: FastAPI) -> None:
             detail = "no such route; see /openapi.json for the API"
         elif error.status_code == 400 and detail == "There was an error parsing the body":
             detail = "the request body could not be read: send UTF-8 JSON with Content-Type: application/json"
-        return problem(error.status_code, _title(error.status_code), detail)
+        # The exception's headers are kept: a 405 must say which methods are allowed (Allow).
+        return problem(error.status_code, _title(error.status_code), detail, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, error: Exception) -> JSONResponse:

@@ -6,13 +6,21 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
 
 from baton.domain.errors import UsageError
 from baton.domain.events import MAX_EVENT_PAYLOAD_BYTES, EventDraft
 from baton.store.clock import db_now, dialect_of
 from baton.store.database import touch
 from baton.store.schema import events, runs
+
+_BUMP_SEQ = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(last_seq=runs.c.last_seq + bindparam("n"))
+    .returning(runs.c.last_seq)
+)
+_INSERT_EVENT = insert(events)
 
 
 def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -> list[int]:
@@ -29,12 +37,7 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
             raise ValueError(
                 f"event {draft.type} payload is {size} bytes; store large content as an artifact"
             )
-    last = conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id)
-        .values(last_seq=runs.c.last_seq + len(drafts))
-        .returning(runs.c.last_seq)
-    ).scalar_one()
+    last = conn.execute(_BUMP_SEQ, {"run_id": run_id, "n": len(drafts)}).scalar_one()
     first = int(last) - len(drafts) + 1
     now = db_now(conn)
     tx = dialect_of(conn).transaction_marker(conn)
@@ -51,7 +54,7 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
         }
         for i, d in enumerate(drafts)
     ]
-    conn.execute(insert(events), rows)
+    conn.execute(_INSERT_EVENT, rows)
     touch(conn, f"run:{run_id}", "runs")
     return [first + i for i in range(len(drafts))]
 

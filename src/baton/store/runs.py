@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from baton.domain.status import RunStatus
 from baton.store.clock import db_now
@@ -23,15 +23,25 @@ def get_run(conn: Connection, run_id: str) -> Row[Any] | None:
     return conn.execute(select(runs).where(runs.c.id == run_id)).first()
 
 
+# Statements on the hot path of every step are built once: building a statement costs far more
+# than running it.
+_GET_FLOW = select(runs.c.flow).where(runs.c.id == bindparam("run_id"))
+_LOCK_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(updated_at=bindparam("now"))
+    .returning(*runs.c)
+)
+_INPUTS_AND_POLICY = select(runs.c.inputs, runs.c.policy).where(runs.c.id == bindparam("run_id"))
+
+
 def get_flow(conn: Connection, run_id: str) -> str | None:
-    return conn.execute(select(runs.c.flow).where(runs.c.id == run_id)).scalar_one_or_none()
+    return conn.execute(_GET_FLOW, {"run_id": run_id}).scalar_one_or_none()
 
 
 def lock_run(conn: Connection, run_id: str) -> Row[Any] | None:
     """Read the run and hold its row lock until the transaction ends (a write on both dialects)."""
-    return conn.execute(
-        update(runs).where(runs.c.id == run_id).values(updated_at=db_now(conn)).returning(*runs.c)
-    ).first()
+    return conn.execute(_LOCK_RUN, {"run_id": run_id, "now": db_now(conn)}).first()
 
 
 def transition_run(
@@ -164,7 +174,7 @@ def list_visible_runs(
 
 def inputs_and_policy(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a running step needs of its run: the inputs and the policy snapshot."""
-    row = conn.execute(select(runs.c.inputs, runs.c.policy).where(runs.c.id == run_id)).one_or_none()
+    row = conn.execute(_INPUTS_AND_POLICY, {"run_id": run_id}).one_or_none()
     if row is None:
         raise LookupError(f"run {run_id} not found")
     return dict(row.inputs or {}), dict(row.policy or {})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, insert, select, text, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, select, text, update
 
 from baton.domain.ids import new_id, new_lease_token
 from baton.domain.status import StepStatus
@@ -53,15 +54,22 @@ def needs_key(needs: Iterable[str]) -> str:
 
 def satisfy_dependents(conn: Connection, run_id: str, key: str) -> None:
     """`key` succeeded: every pending step that needs it has one unmet need fewer."""
-    conn.execute(
-        update(steps)
-        .where(
-            steps.c.run_id == run_id,
-            steps.c.status == S.PENDING.value,
-            steps.c.needs_key.contains(f"|{key}|", autoescape=True),
-        )
-        .values(unmet=steps.c.unmet - 1)
+    conn.execute(_SATISFY, {"rid": run_id, "pattern": "%|" + _escape_like(key) + "|%"})
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+_SATISFY = (
+    update(steps)
+    .where(
+        steps.c.run_id == bindparam("rid"),
+        steps.c.status == S.PENDING.value,
+        steps.c.needs_key.like(bindparam("pattern"), escape="/"),
     )
+    .values(unmet=steps.c.unmet - 1)
+)
 
 
 def recount_unmet(conn: Connection, run_id: str) -> None:
@@ -80,36 +88,28 @@ def recount_unmet(conn: Connection, run_id: str) -> None:
 
 def queue_ready(conn: Connection, run_id: str, now: float) -> list[str]:
     """Pending work steps with every need met become queued; returns their keys in flow order."""
-    rows = conn.execute(
-        update(steps)
-        .where(
-            steps.c.run_id == run_id,
-            steps.c.status == S.PENDING.value,
-            steps.c.unmet <= 0,
-            steps.c.kind != "input",
-        )
-        .values(status=S.QUEUED.value, available_at=now)
-        .returning(steps.c.key, steps.c.position)
-    ).all()
+    rows = conn.execute(_QUEUE_READY, {"rid": run_id, "now": now}).all()
     if rows:
         touch(conn, "steps")
     return [key for key, _ in sorted(rows, key=lambda r: r[1])]
 
 
+_QUEUE_READY = (
+    update(steps)
+    .where(
+        steps.c.run_id == bindparam("rid"),
+        steps.c.status == S.PENDING.value,
+        steps.c.unmet <= 0,
+        steps.c.kind != "input",
+    )
+    .values(status=S.QUEUED.value, available_at=bindparam("now"))
+    .returning(steps.c.key, steps.c.position)
+)
+
+
 def ready_inputs(conn: Connection, run_id: str) -> list[Row[Any]]:
     """Pending input steps with every need met, in flow order, with their specs."""
-    return list(
-        conn.execute(
-            select(steps.c.key, steps.c.spec)
-            .where(
-                steps.c.run_id == run_id,
-                steps.c.status == S.PENDING.value,
-                steps.c.unmet <= 0,
-                steps.c.kind == "input",
-            )
-            .order_by(steps.c.position)
-        )
-    )
+    return list(conn.execute(_READY_INPUTS, {"run_id": run_id}))
 
 
 def unfinished_states(conn: Connection, run_id: str) -> tuple[list[Row[Any]], list[str]]:
@@ -117,27 +117,23 @@ def unfinished_states(conn: Connection, run_id: str) -> tuple[list[Row[Any]], li
 
     Blocked = pending with an unmet need; only their keys matter (for the reason a stuck run gives).
     """
-    rows = list(
-        conn.execute(
-            select(*_STATE_COLUMNS)
-            .where(
-                steps.c.run_id == run_id,
-                steps.c.status.not_in([S.SUCCEEDED.value, S.SKIPPED.value]),
-                (steps.c.status != S.PENDING.value) | (steps.c.unmet <= 0),
-            )
-            .order_by(steps.c.position)
-        )
-    )
+    rows = list(conn.execute(_UNFINISHED, {"run_id": run_id}))
     blocked: list[str] = []
     if not any(r.status in (S.QUEUED.value, S.RUNNING.value, S.WAITING.value, S.FAILED.value) for r in rows):
-        blocked = list(
-            conn.execute(
-                select(steps.c.key)
-                .where(steps.c.run_id == run_id, steps.c.status == S.PENDING.value, steps.c.unmet > 0)
-                .order_by(steps.c.position)
-            ).scalars()
-        )
+        blocked = list(conn.execute(_BLOCKED, {"run_id": run_id}).scalars())
     return rows, blocked
+
+
+_READY_INPUTS = (
+    select(steps.c.key, steps.c.spec)
+    .where(
+        steps.c.run_id == bindparam("run_id"),
+        steps.c.status == S.PENDING.value,
+        steps.c.unmet <= 0,
+        steps.c.kind == "input",
+    )
+    .order_by(steps.c.position)
+)
 
 
 def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
@@ -148,13 +144,14 @@ def load_outputs(conn: Connection, run_id: str, keys: Sequence[str]) -> list[Row
     """`key`, `output` and `output_ref` of the named steps of a run (what a downstream step reads)."""
     if not keys:
         return []
-    return list(
-        conn.execute(
-            select(steps.c.key, steps.c.output, steps.c.output_ref)
-            .where(steps.c.run_id == run_id, steps.c.key.in_(list(keys)))
-            .order_by(steps.c.position)
-        )
-    )
+    return list(conn.execute(_LOAD_OUTPUTS, {"run_id": run_id, "keys": list(keys)}))
+
+
+_LOAD_OUTPUTS = (
+    select(steps.c.key, steps.c.output, steps.c.output_ref)
+    .where(steps.c.run_id == bindparam("run_id"), steps.c.key.in_(bindparam("keys", expanding=True)))
+    .order_by(steps.c.position)
+)
 
 
 #: what scheduling needs of every step of a run; outputs and specs stay in the database
@@ -170,6 +167,22 @@ _STATE_COLUMNS = [
     # Input steps keep their spec: its prompt is the reason a waiting run gives.
     case((steps.c.kind == "input", steps.c.spec), else_=None).label("spec"),
 ]
+
+
+_UNFINISHED = (
+    select(*_STATE_COLUMNS)
+    .where(
+        steps.c.run_id == bindparam("run_id"),
+        steps.c.status.not_in([S.SUCCEEDED.value, S.SKIPPED.value]),
+        (steps.c.status != S.PENDING.value) | (steps.c.unmet <= 0),
+    )
+    .order_by(steps.c.position)
+)
+_BLOCKED = (
+    select(steps.c.key)
+    .where(steps.c.run_id == bindparam("run_id"), steps.c.status == S.PENDING.value, steps.c.unmet > 0)
+    .order_by(steps.c.position)
+)
 
 
 def specs_of(conn: Connection, run_id: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -242,54 +255,94 @@ def claim_steps(
         flow_filter += " AND steps.run_id = :run_id"
         params["run_id"] = run_id
     query = _CLAIM_CANDIDATES.format(flows=flow_filter) + dialect_of(conn).lock_clause()
-    candidates = list(conn.execute(text(query), params).scalars())
+    candidates = list(conn.execute(_candidates(query), params).scalars())
     claimed = []
     for step_id in candidates:
         row = conn.execute(
-            update(steps)
-            .where(steps.c.id == step_id, steps.c.status == S.QUEUED.value)
-            .values(
-                status=S.RUNNING.value,
-                attempt=steps.c.attempt + 1,
-                lease_token=new_lease_token(),
-                claimed_by=worker_id,
-                lease_expires_at=now + lease_s,
-                # The reaper's backstop for a worker that heartbeats but never ends the step.
-                deadline_at=case(
-                    (steps.c.timeout_s.is_not(None), now + steps.c.timeout_s + lease_s), else_=None
-                ),
-                heartbeat_at=now,
-                started_at=now,
-                finished_at=None,
-                # `error` keeps the previous attempt's failure: the new attempt is told what went wrong.
-            )
-            .returning(*steps.c)
+            _CLAIM,
+            {
+                "step_id": step_id,
+                "token": new_lease_token(),
+                "worker": worker_id,
+                "expires": now + lease_s,
+                "now": now,
+                "lease": lease_s,
+            },
         ).first()
         if row is not None:
             claimed.append(row)
     return claimed
 
 
+@lru_cache(maxsize=256)
+def _candidates(query: str) -> Any:
+    return text(query)
+
+
+_CLAIM = (
+    update(steps)
+    .where(steps.c.id == bindparam("step_id"), steps.c.status == S.QUEUED.value)
+    .values(
+        status=S.RUNNING.value,
+        attempt=steps.c.attempt + 1,
+        lease_token=bindparam("token"),
+        claimed_by=bindparam("worker"),
+        lease_expires_at=bindparam("expires"),
+        # The reaper's backstop for a worker that heartbeats but never ends the step.
+        deadline_at=case(
+            (steps.c.timeout_s.is_not(None), bindparam("now") + steps.c.timeout_s + bindparam("lease")),
+            else_=None,
+        ),
+        heartbeat_at=bindparam("now"),
+        started_at=bindparam("now"),
+        finished_at=None,
+        # `error` keeps the previous attempt's failure: the new attempt is told what went wrong.
+    )
+    .returning(*steps.c)
+)
+_HOLD_LEASE = (
+    update(steps)
+    .where(
+        steps.c.id == bindparam("step_id"),
+        steps.c.lease_token == bindparam("token"),
+        steps.c.status == S.RUNNING.value,
+    )
+    .values(heartbeat_at=bindparam("now"))
+    .returning(*steps.c)
+)
+
+
 def hold_lease(conn: Connection, step_id: str, token: str) -> Row[Any] | None:
     """The fence: lock the step iff `token` is still its live lease; None means the lease is lost."""
-    return conn.execute(
-        update(steps)
-        .where(steps.c.id == step_id, steps.c.lease_token == token, steps.c.status == S.RUNNING.value)
-        .values(heartbeat_at=db_now(conn))
-        .returning(*steps.c)
-    ).first()
+    return conn.execute(_HOLD_LEASE, {"step_id": step_id, "token": token, "now": db_now(conn)}).first()
 
 
 def finish_step(
     conn: Connection, step_id: str, token: str, target: StepStatus, **fields: Any
 ) -> Row[Any] | None:
     """Record a running step's end, only while `token` is still its lease."""
-    return conn.execute(
+    params = {f"v_{name}": value for name, value in fields.items()}
+    params.update({"step_id": step_id, "token": token, "now": db_now(conn)})
+    return conn.execute(_finish_statement(target.value, tuple(sorted(fields))), params).first()
+
+
+@lru_cache(maxsize=64)
+def _finish_statement(target: str, names: tuple[str, ...]) -> Any:
+    return (
         update(steps)
-        .where(steps.c.id == step_id, steps.c.lease_token == token, steps.c.status == S.RUNNING.value)
-        .values(status=target.value, finished_at=db_now(conn), lease_expires_at=None, **fields)
+        .where(
+            steps.c.id == bindparam("step_id"),
+            steps.c.lease_token == bindparam("token"),
+            steps.c.status == S.RUNNING.value,
+        )
+        .values(
+            status=target,
+            finished_at=bindparam("now"),
+            lease_expires_at=None,
+            **{name: bindparam(f"v_{name}", type_=steps.c[name].type) for name in names},
+        )
         .returning(*steps.c)
-    ).first()
+    )
 
 
 def extend_leases(conn: Connection, worker_id: str, tokens: Sequence[str], lease_s: float) -> list[Row[Any]]:

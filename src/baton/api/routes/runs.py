@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import Connection, func, select
 
 from baton.api.convert import artifact_out, event_out, run_out, run_summary
 from baton.api.dependencies import Caller, Rt, visible_run
@@ -22,10 +23,14 @@ from baton.api.schemas import (
     TransitionBody,
 )
 from baton.domain.errors import NotFound, UsageError
+from baton.domain.status import RunStatus
 from baton.engine.lifecycle import RunRequest
+from baton.engine.scheduler import is_stalled
 from baton.store import artifacts as artifact_store
 from baton.store import events as event_store
 from baton.store import runs as run_store
+from baton.store.clock import db_now
+from baton.store.schema import steps
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -119,19 +124,45 @@ async def list_runs(
     if project_id is not None:
         projects = [project_id] if project_id in who.roles else []
     before = _decode_cursor(cursor) if cursor else None
-    rows = await rt.db.read(
-        run_store.list_visible_runs,
-        project_ids=projects,
-        owner=who.user_id if project_id is None else "",
-        status=status,
-        flow=flow,
-        q=q,
-        before=before,
-        limit=limit + 1,
-    )
-    page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-    return RunPage(runs=[run_summary(dict(r._mapping)) for r in page], next_cursor=next_cursor)
+
+    def read(conn: Connection) -> tuple[list[Any], list[dict[str, Any]]]:
+        rows = run_store.list_visible_runs(
+            conn,
+            project_ids=projects,
+            owner=who.user_id if project_id is None else "",
+            status=status,
+            flow=flow,
+            q=q,
+            before=before,
+            limit=limit + 1,
+        )
+        return rows, _with_stalled(conn, rows[:limit])
+
+    rows, page = await rt.db.read(read)
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = _encode_cursor(last.created_at, last.id) if last is not None else None
+    return RunPage(runs=[run_summary(r) for r in page], next_cursor=next_cursor)
+
+
+def _with_stalled(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    """The rows with `stalled` judged as GET /v1/runs/{id} judges it (the list's stall warning)."""
+    running = [r.id for r in rows if r.status == RunStatus.RUNNING]
+    signs: dict[str, tuple[float | None, float | None]] = {}
+    if running:
+        query = (
+            select(steps.c.run_id, func.max(steps.c.heartbeat_at), func.max(steps.c.finished_at))
+            .where(steps.c.run_id.in_(running))
+            .group_by(steps.c.run_id)
+        )
+        signs = {run_id: (beat, finished) for run_id, beat, finished in conn.execute(query)}
+    now = db_now(conn) if running else 0.0
+    out = []
+    for row in rows:
+        data = dict(row._mapping)
+        if row.status == RunStatus.RUNNING:
+            data["stalled"] = is_stalled(RunStatus.RUNNING, [row.started_at, *signs.get(row.id, ())], now)
+        out.append(data)
+    return out
 
 
 @router.get("/{run_id}", response_model=RunOut, operation_id="get_run")
@@ -234,6 +265,9 @@ async def get_artifact(run_id: str, artifact_id: str, who: Caller, rt: Rt) -> Re
         headers={
             "Content-Disposition": f'inline; filename="{safe_name}"',
             "X-Content-Type-Options": "nosniff",
+            # Agent-made content (HTML, SVG…) opened by itself must not run script on this origin,
+            # where the dashboard's session lives.
+            "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'",
         },
     )
 
