@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, Select, bindparam, func, insert, select, update
 
 from baton.domain.status import RunStatus
 from baton.store.clock import db_now
@@ -124,6 +124,20 @@ def list_runs(
     query = select(runs)
     if project_id is not None:
         query = query.where(runs.c.project_id == project_id)
+    return _page(conn, query, status=status, flow=flow, q=q, before=before, limit=limit)
+
+
+def _page(
+    conn: Connection,
+    query: Select[Any],
+    *,
+    status: str | None,
+    flow: str | None,
+    q: str | None,
+    before: tuple[float, str] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """One page of a run list: the common filters, newest first, after the cursor `before`."""
     if status:
         query = query.where(runs.c.status == status)
     if flow:
@@ -157,19 +171,7 @@ def list_visible_runs(
     visible = runs.c.project_id.in_(project_ids) | (
         runs.c.project_id.is_(None) & (runs.c.created_by == owner)
     )
-    query = select(runs).where(visible)
-    if status:
-        query = query.where(runs.c.status == status)
-    if flow:
-        query = query.where(runs.c.flow == flow)
-    if q:
-        query = query.where(func.lower(runs.c.title).contains(q.lower()))
-    if before is not None:
-        created, run_id = before
-        query = query.where(
-            (runs.c.created_at < created) | ((runs.c.created_at == created) & (runs.c.id < run_id))
-        )
-    return list(conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)))
+    return _page(conn, select(runs).where(visible), status=status, flow=flow, q=q, before=before, limit=limit)
 
 
 def inputs_and_policy(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
