@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 
 from baton.api.convert import event_out
@@ -70,7 +71,7 @@ class _StreamSlot:
 class _Frame:
     seq: int
     type: str
-    data: str
+    wire: bytes  #: the encoded SSE frame, `id:` and `data:` lines
 
 
 class _SharedPages:
@@ -99,7 +100,11 @@ class _SharedPages:
     @staticmethod
     async def _read(rt: Runtime, run_id: str, after: int) -> list[_Frame]:
         rows = await rt.db.read(event_store.events_after, run_id, after, PAGE)
-        return [_Frame(row.seq, row.type, event_out(row).model_dump_json()) for row in rows]
+        return [_Frame(row.seq, row.type, _encode(row)) for row in rows]
+
+
+def _encode(row: Any) -> bytes:
+    return ServerSentEvent(event_out(row).model_dump_json(), id=str(row.seq)).encode()
 
 
 def _shared_pages(request: Request) -> _SharedPages:
@@ -149,15 +154,16 @@ async def run_stream(
     slot = _StreamSlot(request, who)
     pages = _shared_pages(request)
 
-    async def frames() -> AsyncIterator[dict[str, Any]]:
+    async def frames() -> AsyncIterator[bytes]:
         seq = start
         checked = time.monotonic()
         try:
             while True:
                 rows = await _next_frames(rt, pages, run_id, seq, timeout=1.0)
-                for row in rows:
-                    seq = row.seq
-                    yield {"id": str(row.seq), "data": row.data}
+                if rows:
+                    # A page goes out in one write: frames encoded once per run, sent once per page.
+                    seq = rows[-1].seq
+                    yield b"".join(row.wire for row in rows)
                 if not rows or rows[-1].type in TERMINAL_EVENTS:
                     run = await rt.db.read(run_store.get_run, run_id)
                     if run is None:
@@ -183,15 +189,24 @@ async def project_stream(
     rt: Rt,
     project_id: Annotated[str | None, Query(max_length=100)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=60)] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=60, description="start after this cursor when no Last-Event-ID is sent"),
+    ] = None,
 ) -> EventSourceResponse:
-    """Run-level changes of the caller's projects (or one), for list views. Deltas are left out."""
+    """Run-level changes of the caller's projects (or one), for list views. Deltas are left out.
+
+    Without Last-Event-ID or `after` it starts at the beginning; the dashboard passes `after`, a
+    cursor taken when it rendered the page, so a browser (which cannot set Last-Event-ID on its
+    first connection) does not replay the whole history.
+    """
     if project_id is not None and project_id not in who.roles:
         from baton.domain.errors import NotFound
 
         raise NotFound(f"project {project_id} not found")
     projects = [project_id] if project_id is not None else who.project_ids
     owner = None if project_id is not None else who.user_id
-    cursor = last_event_id or None
+    cursor = last_event_id or after or None
     event_store.parse_cursor(cursor)  # refuse a malformed id before the stream starts
     slot = _StreamSlot(request, who)
 
