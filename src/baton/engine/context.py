@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from baton.agents.processes import CommandResult, run_command
@@ -29,6 +29,8 @@ class RunningStep:
         self._lock = threading.Lock()
         self._pending_text: list[str] = []
         self._pending_events: list[EventDraft] = []
+        #: called once, on the first thing emitted: the worker starts writing deltas only then
+        self.on_first_output: Callable[[], None] | None = None
 
     # --- StepContext -------------------------------------------------------------------------
 
@@ -36,6 +38,12 @@ class RunningStep:
         if text:
             with self._lock:
                 self._pending_text.append(text)
+            self._started_output()
+
+    def _started_output(self) -> None:
+        callback, self.on_first_output = self.on_first_output, None
+        if callback is not None:
+            callback()
 
     def log(self, message: str) -> None:
         with self._lock:
@@ -43,6 +51,7 @@ class RunningStep:
             self._pending_events.append(
                 EventDraft("log", {"message": message[:4000]}, step_key=self.step_key, attempt=self.attempt)
             )
+        self._started_output()
 
     def artifact(self, name: str, content: bytes | str, media_type: str = "text/plain") -> None:
         data = content.encode() if isinstance(content, str) else bytes(content)

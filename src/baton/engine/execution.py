@@ -98,15 +98,28 @@ class StepExecution:
             self.policy = policy_of(policy)
             self.ctx = RunningStep(claim, inputs, upstream)
             self.ctx.cancel_reason = self.cancel_reason
-            flusher = asyncio.create_task(self._flush_forever(), name=f"baton-flush-{claim.key}")
+            # Most steps stream nothing: the delta writer starts with the first output, if any.
+            flushers: list[asyncio.Task[None]] = []
+            loop = asyncio.get_running_loop()
+
+            def start_flusher() -> None:
+                flushers.append(loop.create_task(self._flush_forever(), name=f"baton-flush-{claim.key}"))
+
+            def schedule_flusher() -> None:
+                loop.call_soon_threadsafe(start_flusher)
+
+            self.ctx.on_first_output = schedule_flusher
             try:
                 timeout = (self.row.spec or {}).get("timeout_s")
                 async with asyncio.timeout(timeout):
                     produced = await self._call()
             finally:
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                self.ctx.on_first_output = None
+                await asyncio.sleep(0)  # let a flusher scheduled from a thread get created
+                for flusher in flushers:
+                    flusher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await flusher
             if not await self._flush():
                 return
             produced = step_results.Produced(

@@ -6,6 +6,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from baton.domain.errors import InvalidFlow, UsageError
@@ -400,6 +401,7 @@ def find_cycle(steps: Sequence[StepSpec]) -> list[str] | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def accepts_argument(fn: StepFunction) -> bool:
     """Whether a step function takes the context argument."""
     try:
