@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request, Response
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 if TYPE_CHECKING:
     from baton.web.session import Viewer
@@ -129,4 +129,4 @@ def render(
     return secure(response)
 
 
-__all__ = ["artifact_html", "escape", "fragment", "markdown_html", "render", "secure", "templates"]
+__all__ = ["artifact_html", "fragment", "markdown_html", "render", "secure", "templates"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from baton.domain.errors import BatonError
 from baton.domain.policy import effective_policy
@@ -19,6 +19,9 @@ from baton.runtime import Runtime
 from baton.store import artifacts as artifact_store
 from baton.store import runs as run_store
 from baton.store import tenancy as tenancy_store
+from baton.store.clock import dialect_of
+from baton.store.events import format_cursor
+from baton.store.schema import events
 from baton.web import session
 from baton.web.render import STATIC_DIR, artifact_html, fragment, markdown_html, render
 from baton.web.session import PROJECT_COOKIE, Viewer, current_project, current_viewer, redirect_to_login
@@ -57,6 +60,21 @@ def _frame(conn: Connection, viewer: Viewer, project: str | None) -> dict[str, A
     }
 
 
+def stream_head(conn: Connection) -> str:
+    """A /v1/stream cursor at the present: every later commit comes after it, no earlier one.
+
+    The list pages read the runs after taking it, so the stream (started `after` it) replays at
+    most a few events the list already shows, never the whole history, and misses none.
+    """
+    horizon = dialect_of(conn).visible_horizon(conn)
+    if horizon is not None:
+        # PostgreSQL: every transaction below the horizon has ended; later ones sort after it.
+        return format_cursor(horizon - 1, 2**62)
+    # SQLite: one writer at a time, so events commit in id order (their marker is 0).
+    last = conn.execute(select(func.max(events.c.id))).scalar_one_or_none()
+    return format_cursor(0, int(last or 0))
+
+
 def _confirmation_modes(rt: Runtime, project_policy: dict[str, Any]) -> dict[str, str]:
     """Per flow: `required` (policy says so: no skipping), `optional` (the flow asks; the launcher
     may skip it), or `none` (runs start at once)."""
@@ -88,6 +106,8 @@ async def _page(
     rt = _rt(request)
     project = current_project(request, viewer)
     frame = await rt.db.read(_frame, viewer, project)
+    if page in ("runs", "inbox"):
+        frame["stream_from"] = await rt.db.read(stream_head)
     role = viewer.roles.get(project) if project else None
     data = {
         "page": page,
@@ -99,6 +119,7 @@ async def _page(
         "confirmation": _confirmation_modes(rt, frame["project_policy"]),
         "categories": list(CATEGORIES),
         "statuses": list(STATUSES),
+        "stream_from": frame.get("stream_from"),
         **(extra or {}),
     }
     response = render(

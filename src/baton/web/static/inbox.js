@@ -163,7 +163,8 @@
   }
 
   function connect() {
-    const source = new EventSource("/v1/stream");
+    const after = B.data.stream_from ? `?after=${encodeURIComponent(B.data.stream_from)}` : "";
+    const source = new EventSource(`/v1/stream${after}`);
     source.onopen = () => B.live(true);
     source.onmessage = (message) => {
       let event;

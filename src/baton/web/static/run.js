@@ -29,6 +29,7 @@
     reportFor: null,
     retriedAs: null,
     stepNodes: new Map(),
+    engines: {}, // step key -> the engine its step.engine event named
   };
 
   const $ = (id) => document.getElementById(id);
@@ -66,19 +67,29 @@
 
   // --- header and actions ------------------------------------------------------------------------
 
+  /** What engine a step ran on (its row, once done), runs on (its step.engine event), or names. */
+  function engineOf(step) {
+    const done = ["succeeded", "failed", "cancelled"].includes(step.status);
+    if (done && step.engine) return step.engine;
+    if (S.engines[step.key]) return S.engines[step.key];
+    return step.engine && step.engine !== "default" ? step.engine : null;
+  }
+
+  function engineChip(engine) {
+    const offline = /offline/.test(engine);
+    return B.el(
+      "span",
+      {
+        class: `chip engine ${offline ? "offline" : ""}`,
+        title: offline ? "offline engine: deterministic text written without a model" : `engine ${engine}`,
+      },
+      offline && engine !== "offline" ? `offline (${engine.replace(/^offline\W*/, "").replace(/\)$/, "") || engine})` : engine
+    );
+  }
+
   function engineChips(run) {
-    const engines = [...new Set(run.steps.map((s) => s.engine).filter(Boolean))];
-    return engines.map((engine) => {
-      const offline = /offline/.test(engine);
-      return B.el(
-        "span",
-        {
-          class: `chip engine ${offline ? "offline" : ""}`,
-          title: offline ? "offline engine: deterministic text written without a model" : `engine ${engine}`,
-        },
-        offline ? `offline${engine !== "offline" ? ` (${engine})` : ""}` : engine
-      );
-    });
+    const engines = [...new Set(run.steps.map(engineOf).filter(Boolean))];
+    return engines.map(engineChip);
   }
 
   function progressBits(run) {
@@ -363,9 +374,8 @@
     const { head, error, answer } = node._parts;
     node.dataset.status = step.status;
     node.className = `step step-${step.status}`;
-    const engine = step.engine
-      ? B.el("span", { class: `chip engine ${/offline/.test(step.engine) ? "offline" : ""}` }, /offline/.test(step.engine) ? "offline" : step.engine)
-      : null;
+    const engineName = engineOf(step);
+    const engine = engineName ? engineChip(engineName) : null;
     const attempt = step.attempt > 1 || (step.max_attempts > 1 && step.status === "failed") ? `attempt ${step.attempt}/${step.max_attempts}` : null;
     head.replaceChildren(
       B.el("span", { class: `dot dot-${step.status}`, title: B.statusLabel(step.status) }, B.icon(step.status)),
@@ -610,6 +620,7 @@
     addTimeline(event);
     if (event.type === "log") return;
     if (event.type === "run.retried" && p.new_run_id) S.retriedAs = p.new_run_id;
+    if (event.type === "step.engine" && p.step_key && p.engine) S.engines[p.step_key] = String(p.engine);
     if (event.type === "artifact.created") artifactsSoon();
     if (event.type === "step.started" && p.step_key) {
       delete S.streams[p.step_key]; // a new attempt streams afresh

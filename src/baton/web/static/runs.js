@@ -6,7 +6,7 @@
   const PAGE = 20;
   const list = document.getElementById("runs");
   const form = document.getElementById("filters");
-  const state = { runs: [], cursor: null, loaded: false, loading: false, generation: 0 };
+  const state = { runs: [], cursor: null, loaded: false, generation: 0 };
 
   const STATUS_ORDER = [
     "needs_confirmation",
@@ -61,9 +61,19 @@
     return `/v1/runs?${params}`;
   }
 
+  function older(a, b) {
+    // The API's order: newest first by (created_at, id).
+    const ta = Date.parse(a.created_at);
+    const tb = Date.parse(b.created_at);
+    return ta < tb || (ta === tb && a.id < b.id);
+  }
+
+  /**
+   * `more` appends the next page (the API cursor); `quiet` is a live refresh of what is shown,
+   * merged so that older pages loaded meanwhile stay; otherwise the filters changed: start over.
+   */
   async function load({ more = false, quiet = false } = {}) {
-    const generation = more ? state.generation : ++state.generation;
-    state.loading = true;
+    const generation = more || quiet ? state.generation : ++state.generation;
     const button = document.getElementById("load-more");
     if (more) {
       button.disabled = true;
@@ -72,12 +82,23 @@
       list.setAttribute("aria-busy", "true");
     }
     try {
-      // A live refresh reloads as many runs as are shown, so older pages stay in place.
-      const limit = more ? PAGE : Math.min(200, Math.max(PAGE, quiet ? state.runs.length : PAGE));
+      const limit = quiet ? Math.min(200, Math.max(PAGE, state.runs.length)) : PAGE;
       const page = await B.api(apiQuery(limit, more ? state.cursor : null));
-      if (generation !== state.generation) return;
-      state.runs = more ? state.runs.concat(page.runs) : page.runs;
-      state.cursor = page.next_cursor;
+      if (generation !== state.generation) return; // the filters changed meanwhile
+      if (more) {
+        const known = new Set(state.runs.map((r) => r.id));
+        state.runs = state.runs.concat(page.runs.filter((r) => !known.has(r.id)));
+        state.cursor = page.next_cursor;
+      } else if (quiet && page.runs.length) {
+        const fresh = new Set(page.runs.map((r) => r.id));
+        const last = page.runs[page.runs.length - 1];
+        const tail = state.runs.filter((r) => !fresh.has(r.id) && older(r, last));
+        state.runs = page.runs.concat(tail);
+        if (!tail.length) state.cursor = page.next_cursor;
+      } else {
+        state.runs = page.runs;
+        state.cursor = page.next_cursor;
+      }
       state.loaded = true;
       document.getElementById("runs-error").hidden = true;
       render();
@@ -86,7 +107,6 @@
       box.textContent = `The runs could not be loaded: ${error.message}`;
       box.hidden = false;
     } finally {
-      state.loading = false;
       list.setAttribute("aria-busy", "false");
       button.disabled = false;
       button.textContent = "Load older runs";
@@ -182,8 +202,11 @@
   }
 
   function connect() {
-    const url = "/v1/stream" + (D.project ? `?project_id=${encodeURIComponent(D.project)}` : "");
-    const source = new EventSource(url);
+    const params = new URLSearchParams();
+    if (D.project) params.set("project_id", D.project);
+    // Start where the page was rendered (a reconnect sends Last-Event-ID, which wins over it).
+    if (D.stream_from) params.set("after", D.stream_from);
+    const source = new EventSource(`/v1/stream?${params}`);
     source.onopen = () => B.live(true);
     source.onmessage = (message) => {
       let event;
