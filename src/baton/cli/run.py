@@ -392,8 +392,7 @@ def with_focus(
     name = focus_input(schema)
     if name is None:
         raise UsageError(
-            f"flow {flow} takes no focus text: it has no text input; "
-            "give its inputs with --input KEY=VALUE"
+            f"flow {flow} takes no focus text: it has no text input; give its inputs with --input KEY=VALUE"
         )
     if name in inputs:
         raise UsageError(
