@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
-from baton.domain.errors import InvalidFlow, NotFound
+from baton.domain.errors import InvalidDeclarations, NotFound
 
 #: The environment variable that picks the engine of agents whose engine is `default`.
 DEFAULT_ENGINE_ENV = "BATON_DEFAULT_ENGINE"
@@ -61,20 +61,10 @@ SETTINGS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-class InvalidAgents(InvalidFlow):
+class InvalidAgents(InvalidDeclarations):
     """One or more agent declarations are not valid; `problems` lists each as `file:line: …`."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            message = self.problems[0]
-        else:
-            listing = "\n".join(f"  {problem}" for problem in self.problems)
-            message = f"{len(self.problems)} problems in the agent declarations:\n{listing}"
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+    subject = "the agent declarations"
 
 
 class UnknownAgent(NotFound):

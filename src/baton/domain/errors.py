@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -63,6 +64,25 @@ class InvalidFlow(UsageError):
     """The flow definition is not valid."""
 
     status_code = 422
+
+
+class InvalidDeclarations(InvalidFlow):
+    """Declarations are not valid; `problems` lists each as `file:line: …`."""
+
+    #: what was declared, for the message: "the agent declarations", "the YAML flows"…
+    subject = "the declarations"
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            listing = "\n".join(f"  {problem}" for problem in self.problems)
+            message = f"{len(self.problems)} problems in {self.subject}:\n{listing}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
 
 
 class IllegalTransition(UsageError):

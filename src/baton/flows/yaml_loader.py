@@ -54,7 +54,7 @@ from jsonschema.exceptions import SchemaError
 
 from baton.agents import personas
 from baton.agents.personas import AgentCatalog, AgentSpec, InvalidAgents
-from baton.domain.errors import BatonError, InvalidFlow
+from baton.domain.errors import BatonError, InvalidDeclarations, InvalidFlow
 from baton.domain.policy import FIELDS as POLICY_FIELDS
 from baton.domain.policy import parse_layer
 from baton.domain.status import StepKind
@@ -102,20 +102,10 @@ _BAND_FIELDS = {"graph": ("steps", "description"), "loop": ("max_attempts", "des
 _INLINE_AGENT_FIELDS = personas._ENTRY_FIELDS
 
 
-class InvalidYamlFlows(InvalidFlow):
+class InvalidYamlFlows(InvalidDeclarations):
     """One or more YAML flow declarations are not valid; `problems` lists each as `file:line: …`."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            message = self.problems[0]
-        else:
-            listing = "\n".join(f"  {problem}" for problem in self.problems)
-            message = f"{len(self.problems)} problems in the YAML flows:\n{listing}"
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+    subject = "the YAML flows"
 
 
 @dataclass
