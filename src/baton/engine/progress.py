@@ -120,8 +120,8 @@ def advance_run(
     elif outcome.status is R.WAITING_FOR_INPUT:
         run_store.update_run(conn, run.id, status_reason=outcome.reason)
     elif outcome.status in (R.SUCCEEDED, R.FAILED, R.CANCELLED):
-        result = _final_result(step_store.load_steps(conn, run.id)) if outcome.status is R.SUCCEEDED else None
-        drafts += finish_run(conn, run, flows, Finish(outcome.status is R.SUCCEEDED, outcome.reason, result))
+        succeeded = outcome.status is R.SUCCEEDED
+        drafts += finish_run(conn, run, flows, Finish(succeeded, outcome.reason), sinks_as_result=succeeded)
     return drafts
 
 
@@ -153,9 +153,18 @@ def queue_and_ask(conn: Connection, run: Row[Any]) -> list[EventDraft]:
 
 
 def finish_run(
-    conn: Connection, run: Row[Any], flows: Flows, finish: Finish, *, status: RunStatus | None = None
+    conn: Connection,
+    run: Row[Any],
+    flows: Flows,
+    finish: Finish,
+    *,
+    status: RunStatus | None = None,
+    sinks_as_result: bool = False,
 ) -> list[EventDraft]:
-    """End a run: stop what is left, render the report, record the result, free the slot."""
+    """End a run: stop what is left, render the report, record the result, free the slot.
+
+    `sinks_as_result`: the result is the outputs of the steps nothing depends on (a graph run's).
+    """
     target = status or (R.SUCCEEDED if finish.succeeded else R.FAILED)
     leftovers = step_store.set_steps_status(
         conn,
@@ -168,6 +177,8 @@ def finish_run(
     input_store.close_requests_of_run(conn, run.id)
     now = db_now(conn)
     rows = step_store.load_steps(conn, run.id)
+    if sinks_as_result:
+        finish = Finish(finish.succeeded, finish.reason, _final_result(rows))
     report = render_report(
         flows[run.flow].report_template if run.flow in flows else "",
         run={**run._mapping, "status": target.value, "status_reason": finish.reason, "result": finish.result},

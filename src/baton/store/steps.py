@@ -136,6 +136,10 @@ _READY_INPUTS = (
 )
 
 
+def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
+    return conn.execute(select(steps).where(steps.c.id == step_id)).first()
+
+
 def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
     return list(conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)))
 
@@ -183,17 +187,6 @@ _BLOCKED = (
     .where(steps.c.run_id == bindparam("run_id"), steps.c.status == S.PENDING.value, steps.c.unmet > 0)
     .order_by(steps.c.position)
 )
-
-
-def specs_of(conn: Connection, run_id: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(
-        select(steps.c.key, steps.c.spec).where(steps.c.run_id == run_id, steps.c.key.in_(list(keys)))
-    )
-    return {key: dict(spec or {}) for key, spec in rows}
-
-
-def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
-    return conn.execute(select(steps).where(steps.c.id == step_id)).first()
 
 
 def set_steps_status(
