@@ -1,0 +1,95 @@
+"""SQLite group commit: writes that queue up share one transaction, yet each behaves as if alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+
+from baton.domain.errors import StoreError
+from baton.store import database as database_module
+from baton.store.database import Database
+
+
+def _table(conn: Connection) -> None:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT UNIQUE)"))
+
+
+def _insert(body: str) -> Any:
+    def write(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO notes (body) VALUES (:body)"), {"body": body})
+        return int(conn.execute(text("SELECT count(*) FROM notes")).scalar_one())
+
+    return write
+
+
+def _bodies(conn: Connection) -> list[str]:
+    return list(conn.execute(text("SELECT body FROM notes ORDER BY id")).scalars())
+
+
+async def test_queued_writes_share_a_commit_and_a_failing_one_rolls_back_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'b.db'}")
+    groups: list[int] = []
+    real = database_module._commit_group
+
+    def counted(conn: Connection, bodies: list[Any]) -> list[tuple[bool, Any]]:
+        groups.append(len(bodies))
+        return real(conn, bodies)
+
+    monkeypatch.setattr(database_module, "_commit_group", counted)
+    release = threading.Event()
+
+    def blocker(conn: Connection) -> None:
+        _table(conn)
+        release.wait(5)  # hold the writer thread so the next writes queue up behind it
+
+    def half_then_fail(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO notes (body) VALUES ('half')"))
+        raise ValueError("this write fails after writing")
+
+    try:
+        first = asyncio.ensure_future(db.write(blocker))
+        await asyncio.sleep(0.05)
+        queued = [
+            asyncio.ensure_future(db.write(_insert("a"))),
+            asyncio.ensure_future(db.write(half_then_fail)),
+            asyncio.ensure_future(db.write(_insert("a"))),  # a duplicate: the UNIQUE constraint refuses it
+            asyncio.ensure_future(db.write(_insert("b"))),
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        assert results[0] == 1
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[2], StoreError)
+        assert results[3] == 2  # it sees "a" and not the rolled-back "half" or the refused duplicate
+        assert await db.read(_bodies) == ["a", "b"]
+        assert groups[-1] == 4, groups  # the four queued writes went in one transaction
+        # The writer goes on after failures in a group.
+        assert await db.write(_insert("c")) == 3
+    finally:
+        release.set()
+        await db.close()
+
+
+async def test_a_committed_group_is_durable_for_a_new_connection(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    db = await Database.open(f"sqlite:///{path}")
+    try:
+        await db.write(_table)
+        counts = await asyncio.gather(*(db.write(_insert(f"n{i}")) for i in range(20)))
+        assert sorted(counts) == list(range(1, 21))
+    finally:
+        await db.close()
+    reopened = await Database.open(f"sqlite:///{path}")
+    try:
+        assert len(await reopened.read(_bodies)) == 20
+    finally:
+        await reopened.close()

@@ -1,0 +1,80 @@
+"""The in-memory window of recent events never serves a range it does not hold contiguously."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baton.store.recent_events import RecentEvent, RecentEvents
+
+
+def _event(run: str, seq: int) -> RecentEvent:
+    return RecentEvent(run, seq, "log", None, None, {"n": seq}, float(seq))
+
+
+def _seqs(found: list[RecentEvent] | None) -> list[int] | None:
+    return None if found is None else [e.seq for e in found]
+
+
+def test_a_contiguous_run_is_served_from_any_point_inside_it() -> None:
+    recent = RecentEvents()
+    recent.publish([_event("r", 1), _event("r", 2)])
+    recent.publish([_event("r", 3)])
+    assert _seqs(recent.after("r", 0, 10)) == [1, 2, 3]
+    assert _seqs(recent.after("r", 1, 1)) == [2]
+    assert recent.after("r", 3, 10) is None  # nothing newer here: the store may have more
+    assert recent.after("other", 0, 10) is None
+
+
+def test_a_gap_starts_the_window_again() -> None:
+    recent = RecentEvents()
+    recent.publish([_event("r", 1), _event("r", 2)])
+    recent.publish([_event("r", 4)])  # seq 3 was written by another process
+    assert recent.after("r", 2, 10) is None
+    assert _seqs(recent.after("r", 3, 10)) == [4]
+    assert recent.after("r", 0, 10) is None
+
+
+def test_out_of_order_commits_never_serve_a_hole() -> None:
+    recent = RecentEvents()
+    recent.publish([_event("r", 1)])
+    recent.publish([_event("r", 3)])
+    recent.publish([_event("r", 2)])
+    assert recent.after("r", 0, 10) is None
+    assert _seqs(recent.after("r", 1, 10)) == [2]
+
+
+def test_the_window_and_the_total_are_bounded() -> None:
+    recent = RecentEvents(per_run=10, total=25)
+    recent.publish([_event("a", s) for s in range(1, 31)])
+    assert recent.after("a", 0, 100) is None
+    assert _seqs(recent.after("a", 29, 100)) == [30]
+    kept = _seqs(recent.after("a", 30 - 5, 100))
+    assert kept == [26, 27, 28, 29, 30]
+    recent.publish([_event("b", s) for s in range(1, 11)])
+    recent.publish([_event("c", s) for s in range(1, 11)])
+    recent.publish([_event("d", s) for s in range(1, 11)])
+    assert recent.after("a", 29, 10) is None  # the least recent run went first
+    assert _seqs(recent.after("d", 9, 10)) == [10]
+
+
+publishes = st.lists(
+    st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 40), st.integers(1, 4)), max_size=30
+)
+
+
+@given(publishes, st.sampled_from(["a", "b"]), st.integers(0, 45), st.integers(1, 10))
+def test_whatever_is_served_is_contiguous_and_was_published(
+    batches: list[tuple[str, int, int]], run: str, after: int, limit: int
+) -> None:
+    recent = RecentEvents(per_run=8, total=12)
+    published: set[tuple[str, int]] = set()
+    for run_id, start, count in batches:
+        recent.publish([_event(run_id, s) for s in range(start, start + count)])
+        published.update((run_id, s) for s in range(start, start + count))
+    found = recent.after(run, after, limit)
+    if found is None:
+        return
+    assert [e.seq for e in found] == list(range(after + 1, after + 1 + len(found)))
+    assert 1 <= len(found) <= limit
+    assert all((run, e.seq) in published and e.run_id == run for e in found)
