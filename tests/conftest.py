@@ -22,7 +22,21 @@ from baton.store.migrate import head_revision, upgrade
 baton.agents.ALLOW_NETWORK_ENGINES = False
 
 PG_URL = os.environ.get("BATON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-_TEMPLATE = f"baton_tpl_{head_revision()}"
+
+
+def _migrations_digest() -> str:
+    """A template per migrations' content, not just their head: an edited migration gets a new one."""
+    import hashlib
+
+    import baton.store.migrations as package
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(package.__path__[0], "versions").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+_TEMPLATE = f"baton_tpl_{head_revision()}_{_migrations_digest()}"
 _template_ready = False
 
 

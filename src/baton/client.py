@@ -33,6 +33,11 @@ def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
 
+def _keyed(idempotency_key: str | None) -> dict[str, str]:
+    """The `Idempotency-Key` header: a retry with the same key gets the first answer, not a 409."""
+    return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+
 def _problem(response: httpx.Response) -> dict[str, Any]:
     """The problem+json body of an error response, or {} when the server sent something else."""
     try:
@@ -120,6 +125,17 @@ class Client:
                 f"the server at {self.server} sent a response that is not valid JSON: is it a Baton server?"
             ) from error
 
+    def _raw(self, path: str, **kwargs: Any) -> httpx.Response:
+        """A response whose body is content, not JSON (artifacts, Markdown, metrics)."""
+        try:
+            response = self._http.get(path, **kwargs)
+        except httpx.HTTPError as error:
+            raise errors.StoreUnavailable(
+                f"cannot reach the Baton server at {self.server}: {error}"
+            ) from error
+        _raise_for(response)
+        return response
+
     # --- runs -----------------------------------------------------------------------------
 
     def create_run(self, flow: str, inputs: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
@@ -134,14 +150,17 @@ class Client:
     def confirm(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/runs/{_seg(run_id)}/confirm", json={})
 
-    def cancel(self, run_id: str, reason: str = "") -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{_seg(run_id)}/cancel", json={"reason": reason})
+    def cancel(self, run_id: str, reason: str = "", *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/cancel", _keyed(idempotency_key)
+        return self._call("POST", path, json={"reason": reason}, headers=headers)
 
-    def retry(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{_seg(run_id)}/retry", json={})
+    def retry(self, run_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/retry", _keyed(idempotency_key)
+        return self._call("POST", path, json={}, headers=headers)
 
-    def resume(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/runs/{_seg(run_id)}/resume", json={})
+    def resume(self, run_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/resume", _keyed(idempotency_key)
+        return self._call("POST", path, json={}, headers=headers)
 
     def fork(self, run_id: str, from_step: str, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"from_step": from_step}
@@ -155,14 +174,102 @@ class Client:
     def inputs(self, status: str = "pending") -> list[dict[str, Any]]:
         return self._call("GET", "/v1/inputs", params={"status": status})
 
-    def answer(self, request_id: str, answer: Any) -> dict[str, Any]:
-        return self._call("POST", f"/v1/inputs/{_seg(request_id)}/answer", json={"answer": answer})
+    def answer(self, request_id: str, answer: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/inputs/{_seg(request_id)}/answer", _keyed(idempotency_key)
+        return self._call("POST", path, json={"answer": answer}, headers=headers)
 
     def flows(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/flows")
 
     def flow(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/flows/{_seg(name)}")
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/agents")
+
+    # --- artifacts, export, health ------------------------------------------------------------
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/runs/{_seg(run_id)}/artifacts")
+
+    def artifact(self, run_id: str, artifact_id: str) -> bytes:
+        """An artifact's raw content (its media type is in `artifacts()`)."""
+        return self._raw(f"/v1/runs/{_seg(run_id)}/artifacts/{_seg(artifact_id)}").content
+
+    def export(self, run_id: str) -> dict[str, Any]:
+        """The whole run as one JSON document: run, steps, input requests, events, artifacts."""
+        return self._call("GET", f"/v1/runs/{_seg(run_id)}/export", params={"format": "json"})
+
+    def export_markdown(self, run_id: str) -> str:
+        return self._raw(f"/v1/runs/{_seg(run_id)}/export", params={"format": "md"}).text
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/healthz")
+
+    # --- webhooks (docs/webhooks.md) --------------------------------------------------------------
+
+    def create_webhook(
+        self, project_id: str, url: str, event_types: list[str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """The new webhook, with its signing `secret` (shown this once)."""
+        body = {"project_id": project_id, "url": url, "event_types": event_types or ["*"], **fields}
+        return self._call("POST", "/v1/webhooks", json=body)
+
+    def list_webhooks(self, project_id: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/webhooks", params={"project_id": project_id} if project_id else {})
+
+    def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/webhooks/{_seg(webhook_id)}")
+
+    def update_webhook(self, webhook_id: str, **fields: Any) -> dict[str, Any]:
+        """Change `url`, `event_types`, `description` or `active`."""
+        return self._call("PATCH", f"/v1/webhooks/{_seg(webhook_id)}", json=fields)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._call("DELETE", f"/v1/webhooks/{_seg(webhook_id)}")
+
+    def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        return self._call("GET", f"/v1/webhooks/{_seg(webhook_id)}/deliveries", params=params)
+
+    def ping_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/webhooks/{_seg(webhook_id)}/ping")
+
+    def redeliver(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+        path = f"/v1/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}/redeliver"
+        return self._call("POST", path)
+
+    # --- schedules (docs/schedules.md) -------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        interval_s: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """A schedule of `flow`: give `cron` (with `timezone=`) or `interval_s`; see ScheduleCreate."""
+        body = {"flow": flow, "inputs": dict(inputs or {}), "cron": cron, "interval_s": interval_s, **fields}
+        return self._call("POST", "/v1/schedules", json=body)
+
+    def list_schedules(self, project_id: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/schedules", params={"project_id": project_id} if project_id else {})
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/schedules/{_seg(schedule_id)}")
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/schedules/{_seg(schedule_id)}/pause")
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/schedules/{_seg(schedule_id)}/resume")
+
+    def delete_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/schedules/{_seg(schedule_id)}")
 
     # --- live ---------------------------------------------------------------------------------
 
@@ -192,18 +299,28 @@ class Client:
                         and not self.events(run_id, last, 1)["events"]
                     ):
                         return
-            except (httpx.TransportError, httpx.RemoteProtocolError):
+            except (httpx.TransportError, errors.StoreUnavailable):
+                # The server went away (restart, network): reconnect from the last id we saw.
                 time.sleep(reconnect_s)
 
     def wait(self, run_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
-        """Block until the run is finished (or `timeout` passes, raising TimeoutError)."""
+        """Block until the run is finished (or `timeout` passes, raising TimeoutError).
+
+        A server that is briefly unreachable (restarting) is waited for, within `timeout`.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        status = "unknown (the server is unreachable)"
         while True:
-            run = self.get_run(run_id)
-            if run["status"] in TERMINAL:
-                return run
+            try:
+                run = self.get_run(run_id)
+            except errors.StoreUnavailable:
+                run = None
+            if run is not None:
+                status = run["status"]
+                if status in TERMINAL:
+                    return run
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                raise TimeoutError(f"run {run_id} is still {status} after {timeout} s")
             time.sleep(poll_s)
 
 
@@ -233,7 +350,18 @@ class AsyncClient:
                 f"cannot reach the Baton server at {self.server}: {error}"
             ) from error
         _raise_for(response)
-        return response.json()
+        if response.status_code == 204:
+            return None
+        if not response.headers.get("content-type", "").startswith(
+            ("application/json", "application/problem")
+        ):
+            return response.content
+        try:
+            return response.json()
+        except ValueError as error:
+            raise errors.RuntimeFailure(
+                f"the server at {self.server} sent a response that is not valid JSON: is it a Baton server?"
+            ) from error
 
     async def create_run(
         self, flow: str, inputs: Mapping[str, Any] | None = None, **fields: Any
@@ -245,11 +373,134 @@ class AsyncClient:
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/runs/{_seg(run_id)}")
 
-    async def cancel(self, run_id: str, reason: str = "") -> dict[str, Any]:
-        return await self._call("POST", f"/v1/runs/{_seg(run_id)}/cancel", json={"reason": reason})
+    async def cancel(
+        self, run_id: str, reason: str = "", *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/cancel", _keyed(idempotency_key)
+        return await self._call("POST", path, json={"reason": reason}, headers=headers)
 
-    async def answer(self, request_id: str, answer: Any) -> dict[str, Any]:
-        return await self._call("POST", f"/v1/inputs/{_seg(request_id)}/answer", json={"answer": answer})
+    async def answer(
+        self, request_id: str, answer: Any, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        path, headers = f"/v1/inputs/{_seg(request_id)}/answer", _keyed(idempotency_key)
+        return await self._call("POST", path, json={"answer": answer}, headers=headers)
+
+    async def list_runs(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return await self._call("GET", "/v1/runs", params=params)
+
+    async def confirm(self, run_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/v1/runs/{_seg(run_id)}/confirm", json={})
+
+    async def retry(self, run_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/retry", _keyed(idempotency_key)
+        return await self._call("POST", path, json={}, headers=headers)
+
+    async def resume(self, run_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        path, headers = f"/v1/runs/{_seg(run_id)}/resume", _keyed(idempotency_key)
+        return await self._call("POST", path, json={}, headers=headers)
+
+    async def fork(
+        self, run_id: str, from_step: str, inputs: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"from_step": from_step}
+        if inputs is not None:
+            body["inputs"] = dict(inputs)
+        return await self._call("POST", f"/v1/runs/{_seg(run_id)}/fork", json=body)
+
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        params = {"after": after, "limit": limit}
+        return await self._call("GET", f"/v1/runs/{_seg(run_id)}/events", params=params)
+
+    async def inputs(self, status: str = "pending") -> list[dict[str, Any]]:
+        return await self._call("GET", "/v1/inputs", params={"status": status})
+
+    async def flows(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/v1/flows")
+
+    async def flow(self, name: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/flows/{_seg(name)}")
+
+    async def agents(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/v1/agents")
+
+    async def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        return await self._call("GET", f"/v1/runs/{_seg(run_id)}/artifacts")
+
+    async def artifact(self, run_id: str, artifact_id: str) -> bytes:
+        return (await self._raw(f"/v1/runs/{_seg(run_id)}/artifacts/{_seg(artifact_id)}")).content
+
+    async def export(self, run_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/runs/{_seg(run_id)}/export", params={"format": "json"})
+
+    async def export_markdown(self, run_id: str) -> str:
+        return (await self._raw(f"/v1/runs/{_seg(run_id)}/export", params={"format": "md"})).text
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call("GET", "/healthz")
+
+    async def _raw(self, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.get(path, **kwargs)
+        except httpx.HTTPError as error:
+            raise errors.StoreUnavailable(
+                f"cannot reach the Baton server at {self.server}: {error}"
+            ) from error
+        _raise_for(response)
+        return response
+
+    async def create_webhook(
+        self, project_id: str, url: str, event_types: list[str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body = {"project_id": project_id, "url": url, "event_types": event_types or ["*"], **fields}
+        return await self._call("POST", "/v1/webhooks", json=body)
+
+    async def list_webhooks(self, project_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"project_id": project_id} if project_id else {}
+        return await self._call("GET", "/v1/webhooks", params=params)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        try:
+            response = await self._http.delete(f"/v1/webhooks/{_seg(webhook_id)}")
+        except httpx.HTTPError as error:
+            raise errors.StoreUnavailable(
+                f"cannot reach the Baton server at {self.server}: {error}"
+            ) from error
+        _raise_for(response)  # 204: no body to parse
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        return await self._call("GET", f"/v1/webhooks/{_seg(webhook_id)}/deliveries", params=params)
+
+    async def create_schedule(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        interval_s: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        body = {"flow": flow, "inputs": dict(inputs or {}), "cron": cron, "interval_s": interval_s, **fields}
+        return await self._call("POST", "/v1/schedules", json=body)
+
+    async def list_schedules(self, project_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"project_id": project_id} if project_id else {}
+        return await self._call("GET", "/v1/schedules", params=params)
+
+    async def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/schedules/{_seg(schedule_id)}")
+
+    async def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/v1/schedules/{_seg(schedule_id)}/pause")
+
+    async def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/v1/schedules/{_seg(schedule_id)}/resume")
+
+    async def delete_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/schedules/{_seg(schedule_id)}")
 
     async def stream(
         self, run_id: str, after: int = 0, *, reconnect_s: float = 0.5
@@ -282,15 +533,21 @@ class AsyncClient:
                             buffer = []
                     if (await self.get_run(run_id))["status"] in TERMINAL:
                         return
-            except (httpx.TransportError, httpx.RemoteProtocolError):
+            except (httpx.TransportError, errors.StoreUnavailable):
                 await asyncio.sleep(reconnect_s)
 
     async def wait(self, run_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        status = "unknown (the server is unreachable)"
         while True:
-            run = await self.get_run(run_id)
-            if run["status"] in TERMINAL:
-                return run
+            try:
+                run = await self.get_run(run_id)
+            except errors.StoreUnavailable:
+                run = None
+            if run is not None:
+                status = run["status"]
+                if status in TERMINAL:
+                    return run
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout} s")
+                raise TimeoutError(f"run {run_id} is still {status} after {timeout} s")
             await asyncio.sleep(poll_s)

@@ -10,6 +10,49 @@ from pathlib import Path
 from typing import Any
 
 from baton.domain.errors import UsageError
+from baton.domain.webhooks import RetryPolicy
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook delivery: where targets may point, how long an attempt may take, how often to retry."""
+
+    #: BATON_WEBHOOKS_ALLOW_PRIVATE=1 lets targets resolve to loopback/private addresses (tests, LANs)
+    allow_private: bool = False
+    #: BATON_WEBHOOKS_TIMEOUT_S: one attempt's connect + response budget
+    timeout_s: float = 10.0
+    #: BATON_WEBHOOKS_MAX_ATTEMPTS, BATON_WEBHOOKS_RETRY_BASE_S, BATON_WEBHOOKS_MAX_AGE_S
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: how often an idle delivery service looks for due retries
+    poll_s: float = 1.0
+
+
+def webhook_settings_from_env() -> WebhookSettings:
+    """BATON_WEBHOOKS_* variables over the defaults; read by the API and by every worker's service."""
+    env = os.environ
+    numbers: dict[str, float] = {}
+    for name in ("TIMEOUT_S", "MAX_ATTEMPTS", "RETRY_BASE_S", "MAX_AGE_S", "POLL_S"):
+        raw = env.get(f"BATON_WEBHOOKS_{name}")
+        if raw:
+            try:
+                numbers[name] = float(raw)
+            except ValueError as error:
+                raise UsageError(f"BATON_WEBHOOKS_{name} must be a number, got {raw!r}") from error
+    defaults = RetryPolicy()
+    try:
+        retry = RetryPolicy(
+            max_attempts=int(numbers.get("MAX_ATTEMPTS", defaults.max_attempts)),
+            base_s=numbers.get("RETRY_BASE_S", defaults.base_s),
+            max_age_s=numbers.get("MAX_AGE_S", defaults.max_age_s),
+        )
+    except ValueError as error:
+        raise UsageError(f"BATON_WEBHOOKS_* retry settings are not valid: {error}") from error
+    return WebhookSettings(
+        allow_private=env.get("BATON_WEBHOOKS_ALLOW_PRIVATE", "").strip().lower() in ("1", "true", "yes"),
+        timeout_s=numbers.get("TIMEOUT_S", 10.0),
+        retry=retry,
+        poll_s=numbers.get("POLL_S", 1.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -31,6 +74,7 @@ class ServerSettings:
     rate_burst: int = 200
     max_streams_per_token: int = 100
     public_url: str | None = None
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def base_url(self) -> str:
@@ -57,6 +101,7 @@ def settings_from_env(**overrides: Any) -> ServerSettings:
                 values[key] = cast(env[name])
             except ValueError as error:
                 raise UsageError(f"{name} must be a number, got {env[name]!r}") from error
+    values["webhooks"] = webhook_settings_from_env()
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("secret"):
         values["secret"] = env.get("BATON_SECRET") or _stored_secret()

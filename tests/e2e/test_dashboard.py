@@ -519,6 +519,24 @@ def test_sign_in_out_and_foreign_runs_are_not_found(browsing: Browsing, server: 
         assert response is not None and response.status == 404
         expect(page.get_by_role("heading", name="Not found")).to_be_visible()
 
+    # A run made by a schedule says so, in the list and on its page, after the schedule is gone.
+    with api(server, erin) as client:
+        made = client.post(
+            "/v1/schedules",
+            json={"flow": "handoff", "project_id": "mine", "title": "Every second", "interval_s": 1},
+        )
+        assert made.status_code == 201, made.text
+        schedule_id = made.json()["id"]
+        scheduled = wait_for(
+            lambda: next((r for r in client.get("/v1/runs").json()["runs"] if r["schedule_id"]), None),
+            what="the schedule's first run",
+        )
+        assert client.delete(f"/v1/schedules/{schedule_id}").status_code == 200
+    page.goto(server.url + "/")
+    expect(row_of(page, scheduled).locator(".flag", has_text="scheduled")).to_be_visible()
+    page.goto(f"{server.url}/runs/{scheduled['id']}")
+    expect(page.locator("#run-meta .schedule")).to_have_text(f"scheduled by {schedule_id}")
+
     page.goto(server.url + "/")
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(f"{server.url}/login")

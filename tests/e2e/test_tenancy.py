@@ -15,15 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import Server
+from tests.e2e.server import Server, running_server
 from tests.e2e.test_api_support import (
     DIALECTS,
+    FLOWS,
     Tenant,
     assert_problem,
     create_run,
     events_of,
+    fresh_database,
     get_run,
-    module_server,
     sse_events,
     stream_timeout,
     tenant,
@@ -33,9 +34,28 @@ from tests.e2e.test_api_support import (
 )
 
 #: path parameters that name something of a project; every route with one is probed
-SCOPED_PARAMS = {"run_id", "artifact_id", "request_id", "project_id", "token_id", "name"}
+SCOPED_PARAMS = {
+    "run_id",
+    "artifact_id",
+    "request_id",
+    "project_id",
+    "token_id",
+    "name",
+    "schedule_id",
+    "webhook_id",
+    "delivery_id",
+}
 #: routes whose parameter names something global, not of a project
 GLOBAL_ROUTES = {("get", "/v1/flows/{name}")}
+#: webhooks may target loopback (nothing listens on the discard port: every attempt fails at once),
+#: and a failed attempt is final, so B's deliveries stay as they are while the tests compare them
+SERVER_ENV = {
+    "BATON_WEBHOOKS_ALLOW_PRIVATE": "1",
+    "BATON_WEBHOOKS_MAX_ATTEMPTS": "1",
+    "BATON_WEBHOOKS_POLL_S": "0.2",
+}
+#: nothing listens on the discard port; no event goes there but a ping (run.forked never happens)
+HOOK_URL = "http://127.0.0.1:9/hooks"
 
 
 @dataclass
@@ -49,11 +69,17 @@ class World:
     bob: Tenant  # member of project B: owns B's runs
     bea: Tenant  # another member of B: owns B's running run
     vic: Tenant  # viewer of B
+    bart: Tenant  # admin of B: owns B's webhook
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # state -> run (as bob sees it)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     request_id: str = ""
     token_id: str = ""
     alice_run: str = ""
+    schedule_id: str = ""  # bob's
+    webhook_id: str = ""  # bart's
+    webhook_secret: str = ""
+    delivery_id: str = ""  # the ping of B's webhook
+    ada_webhook_id: str = ""  # A's own, to pair with B's delivery
 
     @property
     def b(self) -> str:
@@ -62,12 +88,23 @@ class World:
     @property
     def never_shown(self) -> list[str]:
         """Strings that must never reach a user of project A."""
-        return [self.canary, self.bob.token, self.bea.token, self.vic.token]
+        return [
+            self.canary,
+            self.bob.token,
+            self.bea.token,
+            self.vic.token,
+            self.bart.token,
+            self.webhook_secret,
+        ]
 
 
 @pytest.fixture(scope="module", params=DIALECTS)
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with module_server(request, tmp_path_factory) as srv:
+    home = tmp_path_factory.mktemp(f"tenancy-{request.param}")
+    with (
+        fresh_database(request.param, home) as url,
+        running_server(url, home, flows=FLOWS, extra_env=SERVER_ENV) as srv,
+    ):
         project_a, project_b = unique("proj-a"), unique("proj-b")
         people = World(
             server=srv,
@@ -77,6 +114,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             bob=tenant(srv, project=project_b, user=unique("bob")),
             bea=tenant(srv, project=project_b, user=unique("bea")),
             vic=tenant(srv, project=project_b, user=unique("vic"), role="viewer"),
+            bart=tenant(srv, project=project_b, user=unique("bart"), role="admin"),
         )
         try:
             _populate(people)
@@ -86,7 +124,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             assert people.bea.client.post(f"/v1/runs/{running}/cancel").status_code == 200
             wait_status(people.bea.client, running)
         finally:
-            for who in (people.alice, people.ada, people.bob, people.bea, people.vic):
+            for who in (people.alice, people.ada, people.bob, people.bea, people.vic, people.bart):
                 who.close()
 
 
@@ -130,9 +168,51 @@ def _populate(w: World) -> None:
     token = bob.post("/v1/tokens", json={"name": f"bob's {w.canary}", "project_id": b})
     assert token.status_code == 201, token.text
     w.token_id = token.json()["id"]
+    _populate_schedules_and_webhooks(w)
     mine = create_run(w.alice.client, "api_confirm", w.alice.project, confirm=True, title="alice's own")
     assert wait_status(w.alice.client, mine["id"])["status"] == "succeeded"
     w.alice_run = mine["id"]
+
+
+def _populate_schedules_and_webhooks(w: World) -> None:
+    """B's schedule (never due), B's webhook with a failed ping delivery, and A's own webhook."""
+    bob, bart, b = w.bob.client, w.bart.client, w.b
+    schedule = bob.post(
+        "/v1/schedules",
+        json={
+            "flow": "api_confirm",
+            "project_id": b,
+            "title": f"schedule {w.canary}",
+            "inputs": {"secret": w.canary},
+            "cron": "0 0 1 1 *",
+        },
+    )
+    assert schedule.status_code == 201, schedule.text
+    w.schedule_id = schedule.json()["id"]
+    hook = bart.post(
+        "/v1/webhooks",
+        json={
+            "project_id": b,
+            "url": f"{HOOK_URL}/{w.canary}",
+            "event_types": ["run.forked"],
+            "description": f"hook {w.canary}",
+        },
+    )
+    assert hook.status_code == 201, hook.text
+    w.webhook_id, w.webhook_secret = hook.json()["id"], hook.json()["secret"]
+    ping = bart.post(f"/v1/webhooks/{w.webhook_id}/ping")
+    assert ping.status_code == 202, ping.text
+    w.delivery_id = ping.json()["id"]
+    # Its one attempt fails (nothing listens): then it no longer changes.
+    wait_until(
+        lambda: bart.get(f"/v1/webhooks/{w.webhook_id}/deliveries").json()[0]["status"] == "failed",
+        what="the ping to fail",
+    )
+    own = w.ada.client.post(
+        "/v1/webhooks", json={"project_id": w.alice.project, "url": HOOK_URL, "event_types": ["run.forked"]}
+    )
+    assert own.status_code == 201, own.text
+    w.ada_webhook_id = own.json()["id"]
 
 
 def b_state(w: World) -> dict[str, Any]:
@@ -150,6 +230,11 @@ def b_state(w: World) -> dict[str, Any]:
         {k: v for k, v in t.items() if k != "last_used_at"} for t in bob.get("/v1/tokens").json()
     ]
     state["list"] = bob.get("/v1/runs", params={"project_id": w.b, "limit": 200}).json()
+    state["schedules"] = bob.get("/v1/schedules", params={"project_id": w.b}).json()
+    state["schedule"] = bob.get(f"/v1/schedules/{w.schedule_id}").json()
+    state["webhooks"] = bob.get("/v1/webhooks", params={"project_id": w.b}).json()
+    state["deliveries"] = bob.get(f"/v1/webhooks/{w.webhook_id}/deliveries").json()
+    assert state["schedules"] and state["webhooks"] and state["deliveries"], state
     return state
 
 
@@ -207,6 +292,7 @@ def _body(operation: dict[str, Any], spec: dict[str, Any], w: World, who: Tenant
         "cancel_run": {"reason": "probe"},
         "resume_run": {"reason": "probe"},
         "retry_run": {"reason": "probe"},
+        "update_webhook": {"description": "probe", "active": False, "event_types": ["*"]},
     }
     if operation.get("operationId") in special:
         return special[operation["operationId"]]
@@ -233,7 +319,7 @@ def _call(client: httpx.Client, method: str, url: str, body: Any) -> tuple[int, 
         return 200, "text/event-stream", "(an open stream)"
 
 
-def _foreign_ids(w: World, path: str) -> list[dict[str, str]]:
+def _foreign_ids(w: World, path: str, who: Tenant) -> list[dict[str, str]]:
     """Every substitution of B's ids (and mixes with A's own) for the path's parameters."""
     params = set(re.findall(r"{(\w+)}", path))
     unknown = params - SCOPED_PARAMS
@@ -241,6 +327,15 @@ def _foreign_ids(w: World, path: str) -> list[dict[str, str]]:
         f"{path} has parameter(s) {sorted(unknown)}: teach test_tenancy.py which foreign ids to use, "
         "so this route is probed too"
     )
+    if "delivery_id" in params:
+        pairs = [{"webhook_id": w.webhook_id, "delivery_id": w.delivery_id}]
+        if who.role == "admin":  # only A's admin gets past its own webhook to the delivery check
+            pairs.append({"webhook_id": w.ada_webhook_id, "delivery_id": w.delivery_id})
+        return pairs
+    if "webhook_id" in params:
+        return [{"webhook_id": w.webhook_id}]
+    if "schedule_id" in params:
+        return [{"schedule_id": w.schedule_id}]
     if "artifact_id" in params:
         owner = w.runs["succeeded"]["id"]
         return [
@@ -283,7 +378,7 @@ def test_every_route_naming_project_b_is_404_for_project_a(world: World, attacke
         if (method, path) in GLOBAL_ROUTES:
             continue
         expected.add((method, path))
-        for ids in _foreign_ids(w, path):
+        for ids in _foreign_ids(w, path, who):
             run = next((r for r in w.runs.values() if r["id"] == ids.get("run_id")), {})
             url = path.format(**ids)
             status, kind, text = _call(who.client, method, url, _body(operation, spec, w, who, run))
@@ -303,6 +398,16 @@ def test_every_route_naming_project_b_is_404_for_project_a(world: World, attacke
         "get_project",
         "set_member",
         "revoke_token",
+        "get_schedule",
+        "pause_schedule",
+        "resume_schedule",
+        "delete_schedule",
+        "get_webhook",
+        "update_webhook",
+        "delete_webhook",
+        "list_webhook_deliveries",
+        "ping_webhook",
+        "redeliver_webhook_delivery",
     } <= names, names
     assert calls > 60
 
@@ -311,6 +416,12 @@ def test_every_route_naming_project_b_is_404_for_project_a(world: World, attacke
     body_routes = {
         "create_run": ("POST", "/v1/runs", {"flow": "api_confirm", "project_id": w.b, "confirm": True}),
         "create_token": ("POST", "/v1/tokens", {"name": "sneaky", "project_id": w.b}),
+        "create_schedule": (
+            "POST",
+            "/v1/schedules",
+            {"flow": "api_confirm", "project_id": w.b, "cron": "0 0 1 1 *"},
+        ),
+        "create_webhook": ("POST", "/v1/webhooks", {"project_id": w.b, "url": HOOK_URL}),
     }
     for method, url, body in body_routes.values():
         status, kind, text = _call(c, method, url, body)
@@ -321,6 +432,11 @@ def test_every_route_naming_project_b_is_404_for_project_a(world: World, attacke
     _assert_no_leak(w, "GET /v1/runs?project_id=B", status, kind, text, (200, 404))
     if status == 200:
         assert httpx.Response(200, text=text).json()["runs"] == []
+    for url in (f"/v1/schedules?project_id={w.b}", f"/v1/webhooks?project_id={w.b}"):
+        status, kind, text = _call(c, "GET", url, None)
+        _assert_no_leak(w, f"GET {url}", status, kind, text, (200, 404))
+        if status == 200:
+            assert httpx.Response(200, text=text).json() == []
 
     after = b_state(w)
     assert after == before, "a user of project A changed something of project B"
@@ -333,7 +449,7 @@ def test_lists_as_project_a_never_show_project_b(world: World) -> None:
     w = world
     c = w.alice.client
     b_ids = [run["id"] for run in w.runs.values()] + [a["id"] for a in w.artifacts]
-    b_ids += [w.request_id, w.token_id, w.b]
+    b_ids += [w.request_id, w.token_id, w.b, w.schedule_id, w.webhook_id, w.delivery_id]
     lists = {
         "runs": c.get("/v1/runs", params={"limit": 200}),
         "runs by status": c.get("/v1/runs", params={"status": "waiting_for_input"}),
@@ -343,6 +459,9 @@ def test_lists_as_project_a_never_show_project_b(world: World) -> None:
         "answered inputs": c.get("/v1/inputs", params={"status": "answered"}),
         "projects": c.get("/v1/projects"),
         "tokens": c.get("/v1/tokens"),
+        "schedules": c.get("/v1/schedules"),
+        "webhooks": w.ada.client.get("/v1/webhooks"),
+        "deliveries of A's webhook": w.ada.client.get(f"/v1/webhooks/{w.ada_webhook_id}/deliveries"),
     }
     for name, resp in lists.items():
         assert resp.status_code == 200, f"{name}: {resp.text}"
@@ -351,9 +470,14 @@ def test_lists_as_project_a_never_show_project_b(world: World) -> None:
     assert [r["id"] for r in lists["runs"].json()["runs"]] == [w.alice_run]
     assert [p["id"] for p in lists["projects"].json()] == [w.alice.project]
     assert lists["inputs"].json() == []
+    assert lists["schedules"].json() == []
+    assert [h["id"] for h in lists["webhooks"].json()] == [w.ada_webhook_id]
     # B's people do see it: the lists are not simply empty.
     assert w.request_id in w.bob.client.get("/v1/inputs").text
     assert w.canary in w.vic.client.get("/v1/runs", params={"q": w.canary}).text
+    assert w.canary in w.vic.client.get("/v1/schedules").text
+    assert w.delivery_id in w.bob.client.get(f"/v1/webhooks/{w.webhook_id}/deliveries").text
+    assert w.canary in w.bob.client.get("/v1/webhooks").text
 
 
 def test_project_streams_are_scoped(world: World) -> None:
@@ -407,6 +531,13 @@ def test_viewer_reads_but_cannot_act(world: World) -> None:
     assert_problem(v.post(f"/v1/inputs/{w.request_id}/answer", json={"answer": {"ok": True}}), 403)
     assert_problem(v.post("/v1/runs", json={"flow": "api_confirm", "project_id": w.b}), 403)
     assert_problem(v.post(f"/v1/projects/{w.b}/members", json={"user": w.vic.user, "role": "admin"}), 403)
+    assert v.get(f"/v1/schedules/{w.schedule_id}").status_code == 200
+    assert_problem(v.post(f"/v1/schedules/{w.schedule_id}/pause"), 403, "member")
+    assert_problem(v.delete(f"/v1/schedules/{w.schedule_id}"), 403)
+    # Webhooks are for members and admins only; a viewer of B is told so, not told "not found".
+    assert_problem(v.get(f"/v1/webhooks/{w.webhook_id}"), 403, "member")
+    assert_problem(v.post(f"/v1/webhooks/{w.webhook_id}/ping"), 403)
+    assert_problem(w.bob.client.post(f"/v1/webhooks/{w.webhook_id}/ping"), 403, "admin")
     assert b_state(w) == before
 
     # A member of B may act on B's runs (the viewer's refusals were about the role).

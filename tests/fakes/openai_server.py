@@ -52,6 +52,8 @@ class Reply:
     stall: bool = False
     #: seconds to wait before each streamed chunk
     chunk_delay: float = 0.0
+    #: send the chunks, then drop the connection without ending the stream (a mid-stream disconnect)
+    disconnect: bool = False
 
 
 def text(*chunks: str, input_tokens: int = 10, output_tokens: int | None = None, delay: float = 0.0) -> Reply:
@@ -75,6 +77,11 @@ def error(status: int, message: str = "fake server error", headers: Mapping[str,
 def hang() -> Reply:
     """Never answer: the client's timeout or cancellation must end the request."""
     return Reply(hang=True)
+
+
+def disconnect(*chunks: str) -> Reply:
+    """Stream the chunks, then close the connection abruptly, mid-stream."""
+    return Reply(chunks=chunks, disconnect=True)
 
 
 def stall(*chunks: str) -> Reply:
@@ -317,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
             if event is _STALL:
                 self._wait_until_client_leaves()
                 return
+            if event is _DISCONNECT:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if reply.chunk_delay:
                 self._sleep_watching(reply.chunk_delay)
             self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
@@ -335,6 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
             yield chunk({"content": piece})
         if reply.stall:
             yield _STALL
+        if reply.disconnect:
+            yield _DISCONNECT
         for index, call in enumerate(reply.tool_calls):
             start = {"index": index, "id": call.id, "type": "function"}
             yield chunk({"tool_calls": [{**start, "function": {"name": call.name, "arguments": ""}}]})
@@ -395,6 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _STALL = object()
+_DISCONNECT = object()
 
 
 def _usage(reply: Reply) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ wide = Flow("proc_wide", title=f"{RACE_WIDTH} independent no-op steps")
 
 def _noop(ctx: Any) -> int:
     record(ctx)
+    # A few milliseconds of work (on a worker thread): one worker cannot drain every step before
+    # the others, whose claims wait on SQLite's write lock, get a turn, so the workers really race.
+    time.sleep(0.005)
     return ctx.attempt
 
 

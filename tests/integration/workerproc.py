@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll", type=float, default=1.0)
     parser.add_argument("--reaper", type=float, default=5.0)
     parser.add_argument("--drain", type=float, default=10.0)
+    parser.add_argument("--heartbeat", type=float, default=None, help="default: a quarter of the lease")
     parser.add_argument("--until-idle", action="store_true")
     return parser.parse_args(argv)
 
@@ -122,6 +123,7 @@ async def main(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         reaper_s=args.reaper,
         drain_s=args.drain,
+        heartbeat=args.heartbeat,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

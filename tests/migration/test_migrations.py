@@ -57,3 +57,10 @@ def test_every_table_is_created(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert {"runs", "steps", "events", "artifacts", "input_requests", "workers"} <= names
+
+
+def test_the_quick_head_read_without_alembic_is_alembics_head() -> None:
+    # Start-up decides "schema current" from this quick read; it must never disagree with Alembic.
+    from baton.store.migrate import head_revision, quick_head_revision
+
+    assert quick_head_revision() == head_revision()

@@ -29,11 +29,13 @@ import secrets
 import shlex
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from baton.agents import sandbox
 from baton.agents.base import (
     Engine,
     EngineUnavailable,
@@ -45,11 +47,14 @@ from baton.agents.base import (
 )
 from baton.agents.processes import _die_with_parent, stop_group
 from baton.domain.errors import StepFailed, UsageError
+from baton.redaction import is_secret_name
 
 #: Every process a CLI agent spawns carries `BATON_AGENT_MARKER=<run_id>:<step_key>`.
 MARKER_ENV = "BATON_AGENT_MARKER"
 #: ...and a random id per spawn: what the clean-up sweep looks for (a marker may be shared by attempts).
 SPAWN_ENV = "BATON_AGENT_SPAWN"
+#: ...and `<worker pid>:<its start time>`: an agent whose worker is gone is an orphan (`sweep_orphans`).
+OWNER_ENV = "BATON_AGENT_OWNER"
 #: The environment variable holding CLI agents as JSON: `{"NAME": {"command": [...], ...}}`.
 CLI_AGENTS_ENV = "BATON_CLI_AGENTS"
 
@@ -80,6 +85,7 @@ _FIELDS = (
     "stderr_tail_bytes",
     "model",
     "stdin",
+    "pass_env",
 )
 
 #: After the command exits, how long output still in flight may take to arrive before whatever it
@@ -113,6 +119,9 @@ class CliAgentConfig:
     model: str | None = None
     #: template written to the command's stdin (e.g. "{prompt}" for long prompts); None: /dev/null
     stdin: str | None = None
+    #: inherited variables passed on although their names say they hold secrets (e.g. OPENAI_API_KEY
+    #: for an agent that calls the model itself); every other `*_API_KEY`, `*_TOKEN`… is withheld
+    pass_env: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         where = f"cli agent {self.name!r}"
@@ -153,6 +162,11 @@ class CliAgentConfig:
                 raise UsageError(f"{where}: `env.{key}` must be a string, got {type(value).__name__}")
             env[key] = str(value)
         object.__setattr__(self, "env", env)
+        passed = _strings(self.pass_env, f"{where}: `pass_env`")
+        for name in passed:
+            if not _ENV_NAME.match(name):
+                raise UsageError(f"{where}: `pass_env` entry {name!r} is not a valid variable name")
+        object.__setattr__(self, "pass_env", passed)
         for name in ("cwd", "model", "stdin"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -246,6 +260,10 @@ class CommandEngine(Engine):
         launch = self._prepare(request, ctx)  # refusals and config problems: nothing spawned yet
         extra = f" with {shlex.join(config.read_only_args or ())}" if request.read_only else ""
         ctx.log(f"{self.spec}: starting {launch.argv[0]} ({launch.mode}{extra}) in {launch.cwd}")
+        # I13/R17: read-only is a kernel boundary proven before the spawn, not only the agent's flags.
+        jail = await sandbox.prove(launch.cwd) if request.read_only else None
+        if jail is not None:
+            launch.env["TMPDIR"] = jail.scratch
         started = time.monotonic()
         try:
             async with asyncio.timeout(config.timeout_s):
@@ -258,6 +276,7 @@ class CommandEngine(Engine):
                     grace_s=config.grace_s,
                     tail_bytes=config.stderr_tail_bytes,
                     spawn_id=launch.env[SPAWN_ENV],
+                    preexec=jail.preexec(_die_with_parent) if jail is not None else _die_with_parent,
                 )
         except TimeoutError:
             # the process group has been stopped by now (SIGTERM, grace, SIGKILL)
@@ -268,6 +287,11 @@ class CommandEngine(Engine):
             ) from None
         except OSError as error:
             raise _spawn_error(error, launch.argv[0], self.spec) from error
+        except subprocess.SubprocessError as error:  # the sandbox setup failed in the child: no exec
+            raise sandbox.Unenforceable(f"the sandbox could not be applied ({error})") from error
+        finally:
+            if jail is not None:
+                shutil.rmtree(jail.scratch, ignore_errors=True)
 
         elapsed = time.monotonic() - started
         code, tail = finished.exit_code, finished.stderr_tail.strip()
@@ -317,13 +341,19 @@ class CommandEngine(Engine):
 
     def _environment(self, ctx: StepContext, request: StepRequest, read_only: bool) -> dict[str, str]:
         # Inherited BATON_* variables (database URLs, secrets, tokens) stay with the worker; an agent
-        # that needs one gets it through its `env`.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("BATON_")}
+        # that needs one gets it through its `env`. So do model keys and other secrets, unless the
+        # agent declares them in `pass_env`: an agent that prints its environment must not leak them.
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("BATON_") and (not is_secret_name(key) or key in self.config.pass_env)
+        }
         env.update(self.config.env)
         env.update(
             {
                 MARKER_ENV: f"{ctx.run_id}:{ctx.step_key}",
                 SPAWN_ENV: secrets.token_hex(8),
+                OWNER_ENV: _OWNER,
                 "BATON_RUN_ID": ctx.run_id,
                 "BATON_STEP_KEY": ctx.step_key,
                 "BATON_ATTEMPT": str(request.attempt),
@@ -364,6 +394,7 @@ async def _run_process(
     grace_s: float,
     tail_bytes: int,
     spawn_id: str,
+    preexec: Callable[[], None] = _die_with_parent,
 ) -> _Finished:
     """Run argv in a new session, streaming stdout; stop its group on cancellation, sweep it at the end.
 
@@ -383,7 +414,7 @@ async def _run_process(
             cwd=cwd,
             env=dict(env),
             start_new_session=True,  # the child leads its own group: one signal reaches its tree
-            preexec_fn=_die_with_parent,  # and dies with the worker (I8)
+            preexec_fn=preexec,  # dies with the worker (I8); read-only: the Landlock sandbox (I13)
         )
         out: list[str] = []
         err = bytearray()
@@ -471,6 +502,51 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
     finally:
         with contextlib.suppress(Exception):
             proc.stdin.close()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (with the pid, a unique identity), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+_OWNER = f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def sweep_orphans() -> int:
+    """SIGKILL agent processes whose worker is gone; returns how many (I8).
+
+    The parent-death signal reaches only an agent's direct child: when a worker is SIGKILLed, the
+    grandchildren in its group (or that left it with setsid) would live on. Every worker on the host
+    runs this sweep with its reaper, so they die within a reaper period of any live worker.
+    """
+    prefix = f"{OWNER_ENV}=".encode()
+    hits = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                variables = handle.read().split(b"\0")
+            owner = next((v[len(prefix) :] for v in variables if v.startswith(prefix)), None)
+        except OSError:
+            continue
+        if owner is None:
+            continue
+        pid, _, started = owner.decode(errors="replace").partition(":")
+        if pid.isdigit() and _start_time(int(pid)) == started:
+            continue  # its worker is alive and owns it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry), signal.SIGKILL)
+            hits += 1
+    return hits
 
 
 def _sweep(spawn_id: str, sig: int) -> int:

@@ -37,6 +37,7 @@ from baton.agents.base import (
     ToolSpec,
 )
 from baton.domain.errors import BatonError, StepFailed
+from baton.redaction import register as register_secret
 
 try:
     from pydantic_ai import Agent, RunContext, Tool, ToolFailed, UsageLimits, exceptions
@@ -125,6 +126,7 @@ def _endpoint(
 ) -> _Endpoint:
     key_var = KEY_VARS[parsed.provider]
     key = api_key or env.get(key_var) or None
+    register_secret(key)  # a key given in code or a custom env is cut out of output and logs too
     if key is None and parsed.provider in _KEY_REQUIRED:
         raise EngineUnavailable(
             f"engine {parsed.provider}:{parsed.model} needs an API key: set {key_var} in the environment "
@@ -240,6 +242,14 @@ def _model_settings(settings: Mapping[str, Any], timeout: float | None) -> Model
     if (seed := _number(settings, "seed", integer=True)) is not None:
         out["seed"] = int(seed)
     return out
+
+
+def _with_idempotency_key(settings: ModelSettings, key: str) -> ModelSettings:
+    """Every attempt of a step sends the same `Idempotency-Key` (`run_id:step_key`, I6), so a provider
+    or proxy that deduplicates requests can tell a retry from new work."""
+    if key:
+        settings["extra_headers"] = {"Idempotency-Key": key}
+    return settings
 
 
 def _number(settings: Mapping[str, Any], name: str, *, integer: bool = False) -> float | None:
@@ -425,7 +435,9 @@ class ModelEngine(Engine):
             async with model:
                 result = await agent.run(
                     build_prompt(request, max_value_chars=self.max_value_chars),
-                    model_settings=_model_settings(request.settings, self.timeout),
+                    model_settings=_with_idempotency_key(
+                        _model_settings(request.settings, self.timeout), request.idempotency_key
+                    ),
                     usage_limits=UsageLimits(request_limit=self.max_requests),
                     event_stream_handler=stream,
                     infer_name=False,

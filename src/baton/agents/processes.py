@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from baton.failpoints import failpoint
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,6 +52,7 @@ async def run_command(
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
+    failpoint("during_subprocess")
     out: list[str] = []
     err = bytearray()
 

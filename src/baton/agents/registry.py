@@ -7,6 +7,7 @@ import importlib
 import inspect
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -18,6 +19,35 @@ from baton.agents.offline import OfflineEngine
 from baton.domain.errors import StepFailed
 
 MODEL_PROVIDERS = ("openai", "anthropic", "ollama", "openai-compatible")
+
+#: what a model engine imports on its first use, by provider: a second or more of cold imports
+_MODEL_MODULES: Mapping[str, tuple[str, ...]] = {
+    "anthropic": ("baton.agents.llm", "pydantic_ai.models.anthropic", "pydantic_ai.providers.anthropic"),
+    "openai": ("baton.agents.llm", "pydantic_ai.models.openai", "pydantic_ai.providers.openai"),
+}
+
+
+async def import_engine_modules(spec: str) -> None:
+    """Import a model engine's SDKs on a thread the first time one is used.
+
+    On the event loop, those imports would stall every stream, request and step the process
+    serves for as long as they take (seconds on a busy machine). A missing SDK is left for
+    `resolve_engine` to report.
+    """
+    provider = spec.partition(":")[0]
+    if provider not in MODEL_PROVIDERS:
+        return
+    modules = _MODEL_MODULES.get(provider, _MODEL_MODULES["openai"])
+    if any(name not in sys.modules for name in modules):
+        await asyncio.to_thread(_import_if_installed, modules)
+
+
+def _import_if_installed(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return
 
 
 class CallableEngine(Engine):

@@ -12,11 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from baton import redaction
 from baton.api import problems
 from baton.api.bootstrap import bootstrap_if_empty
 from baton.api.dependencies import RateLimiter
 from baton.api.routes import catalog as catalog_routes
-from baton.api.routes import health, inputs, runs, tenancy, workers
+from baton.api.routes import health, inputs, runs, tenancy, webhooks, workers
+from baton.api.routes import schedules as schedule_routes
 from baton.api.stream import router as stream_router
 from baton.config import ServerSettings
 from baton.domain.errors import BatonError
@@ -119,6 +121,8 @@ class SecurityHeaders:
 
 
 def create_app(settings: ServerSettings, *, catalog: Catalog | None = None) -> FastAPI:
+    redaction.install_log_redaction()  # no model key or token in a log line of the server
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(
@@ -176,6 +180,8 @@ def create_app(settings: ServerSettings, *, catalog: Catalog | None = None) -> F
         stream_router,
         health.router,
         workers.router,
+        schedule_routes.router,
+        webhooks.router,
     ):
         app.include_router(router)
     install_dashboard(app)

@@ -11,6 +11,7 @@ from baton.api.schemas import (
     InputRequestOut,
     RunOut,
     RunSummary,
+    ScheduleOut,
     StepOut,
     iso,
     iso_required,
@@ -61,6 +62,7 @@ def _summary_fields(run: Mapping[str, Any]) -> dict[str, Any]:
         "flow": run["flow"],
         "project_id": run.get("project_id"),
         "created_by": run.get("created_by"),
+        "schedule_id": run.get("schedule_id"),
         "title": run.get("title") or "",
         "band": run.get("band"),
         "status": run["status"],
@@ -93,6 +95,40 @@ def run_out(snapshot: Mapping[str, Any]) -> RunOut:
         steps=[step_out(s) for s in snapshot.get("steps", [])],
         pending_inputs=[input_out(i) for i in snapshot.get("pending_inputs", []) if i["status"] == "pending"],
     )
+
+
+def schedule_out(view: Mapping[str, Any]) -> ScheduleOut:
+    """A schedule (engine.schedules.schedule_view) as the API shows it."""
+    fields: dict[str, Any] = {name: view.get(name) for name in _SCHEDULE_FIELDS}
+    return ScheduleOut(
+        **fields,
+        paused=view.get("paused_at") is not None,
+        auto_confirm=bool(view.get("auto_confirm")),
+        inputs=view.get("inputs") or {},
+        title=view.get("title") or "",
+        next_fire_at=iso(view.get("next_fire_at")),
+        next_fires=[iso_required(f) for f in view.get("next_fires") or []],
+        last_fire_at=iso(view.get("last_fire_at")),
+        created_at=iso_required(view["created_at"]),
+        updated_at=iso_required(view["updated_at"]),
+    )
+
+
+_SCHEDULE_FIELDS = (
+    "id",
+    "project_id",
+    "created_by",
+    "flow",
+    "band",
+    "policy",
+    "cron",
+    "timezone",
+    "interval_s",
+    "missed",
+    "last_run_id",
+    "last_error",
+    "fires",
+)
 
 
 def event_out(row: Any) -> EventOut:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -33,6 +34,8 @@ class Principal:
     token_id: str
     is_admin: bool
     roles: dict[str, str] = field(default_factory=dict)
+    #: the one project a project token is limited to; None for a user's own token
+    token_project: str | None = None
 
     def can(self, project_id: str | None, role: str, *, owner: str | None = None) -> bool:
         if project_id is None:
@@ -99,9 +102,7 @@ async def principal(request: Request) -> Principal:
         raise Unauthorized("the token is not valid: it is unknown, revoked or expired")
     row, roles = found
     if via_cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
-        sent = request.headers.get(CSRF_HEADER)
-        expected = request.cookies.get(CSRF_COOKIE)
-        if not sent or not expected or sent != expected:
+        if not csrf_matches(request.headers.get(CSRF_HEADER), request.cookies.get(CSRF_COOKIE)):
             raise Forbidden(
                 "cookie-authenticated writes need the X-Baton-CSRF header matching the baton_csrf cookie"
             )
@@ -111,9 +112,18 @@ async def principal(request: Request) -> Principal:
         user_id=row.user_id,
         user_name=row.user_name,
         token_id=row.id,
-        is_admin=bool(row.is_admin),
+        # A project token carries no server-wide powers, even when its user is a server admin.
+        is_admin=bool(row.is_admin) and row.project_id is None,
         roles=roles,
+        token_project=row.project_id,
     )
+
+
+def csrf_matches(sent: str | None, expected: str | None) -> bool:
+    """The double-submit check, in constant time; an empty value never matches."""
+    if not sent or not expected:
+        return False
+    return hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def _note_use(request: Request, token_id: str) -> None:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from baton.domain import errors
+from baton.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
 def problem(
     status: int, title: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    # An error may quote what it failed on; a known secret in it (a model key) is cut out.
+    body = redact({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra})
     sent = dict(headers or {})
     if status == 429:
         sent.setdefault("Retry-After", "1")

@@ -126,6 +126,7 @@ class RunSummary(BaseModel):
     flow: str
     project_id: str | None
     created_by: str | None
+    schedule_id: str | None = Field(default=None, description="the schedule that made this run, if one did")
     title: str
     band: str | None
     status: str
@@ -282,6 +283,65 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="the secret: shown once, store it now")
+
+
+class ScheduleCreate(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "flow": "repo-review",
+                    "project_id": "default",
+                    "inputs": {"path": "."},
+                    "cron": "0 9 * * MON-FRI",
+                    "timezone": "Europe/Paris",
+                },
+                {"flow": "repo-review", "interval_s": 3600, "missed": "run_once", "auto_confirm": False},
+            ]
+        }
+    )
+
+    flow: str = Field(min_length=1, max_length=100, description="name of a flow from GET /v1/flows")
+    project_id: str | None = Field(default=None, min_length=1, max_length=100)
+    inputs: dict[str, Any] = Field(default_factory=dict, description="checked against the flow's inputs")
+    title: str = Field(default="", max_length=500, description="the title of its runs")
+    band: Literal["small", "medium", "large"] | None = None
+    policy: dict[str, Any] | None = Field(default=None, description="run layer of its runs: may only tighten")
+    cron: str | None = Field(
+        default=None, min_length=1, max_length=200, description="five fields, or @hourly/@daily/@weekly…"
+    )
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA zone of the cron")
+    interval_s: float | None = Field(default=None, description="seconds between fires (at least 1)")
+    missed: Literal["skip", "run_once"] = Field(
+        default="skip", description="fires missed while no worker ran: skip them, or one run for them all"
+    )
+    auto_confirm: bool = Field(default=True, description="runs skip the flow's confirmation, not a policy's")
+    paused: bool = False
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    project_id: str | None
+    created_by: str | None
+    flow: str
+    inputs: dict[str, Any]
+    title: str
+    band: str | None
+    policy: dict[str, Any] | None
+    cron: str | None
+    timezone: str
+    interval_s: float | None
+    missed: str
+    auto_confirm: bool
+    paused: bool
+    next_fire_at: datetime | None
+    next_fires: list[datetime] = Field(description="the next fire times, soonest first (none while paused)")
+    last_fire_at: datetime | None
+    last_run_id: str | None
+    last_error: str | None = Field(description="why the last fire made no run, if it made none")
+    fires: int = Field(description="how many runs it has made")
+    created_at: datetime
+    updated_at: datetime
 
 
 class Health(BaseModel):

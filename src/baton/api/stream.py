@@ -7,28 +7,32 @@ lines without an id, so a reconnecting client never skips or repeats an event.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 
 from baton.api.convert import event_out
 from baton.api.dependencies import Caller, Principal, Rt, visible_run
 from baton.api.problems import TooManyRequests
+from baton.api.schemas import iso_required
 from baton.domain.errors import UsageError
 from baton.engine.follow import CROSS_PROCESS_POLL_S, TERMINAL_EVENTS
 from baton.runtime import Runtime
 from baton.store import events as event_store
 from baton.store import runs as run_store
 from baton.store import tenancy as tenancy_store
+from baton.store.recent_events import RecentEvent
 
 router = APIRouter(prefix="/v1", tags=["streams"])
 
-KEEPALIVE_S = 15.0
+#: seconds between keep-alive comments on an idle stream (BATON_SSE_KEEPALIVE_S; at least 1)
+KEEPALIVE_S = max(1.0, float(os.environ.get("BATON_SSE_KEEPALIVE_S") or 15.0))
 #: events per read of a run stream
 PAGE = 500
 #: how often an open stream re-checks that its token was not revoked
@@ -81,13 +85,18 @@ class _SharedPages:
     events: reading and serializing them once per run, not once per stream, is what lets hundreds
     of clients follow live runs from one process. A stream only joins a read that began after
     every wake-up it has seen (same `after`, same topic version), so it never gets a page older
-    than the commit that woke it.
+    than the commit that woke it. Events this process committed itself come from memory
+    (`Database.recent_events`), each encoded once, with no read at all.
     """
 
     def __init__(self) -> None:
         self._reads: dict[tuple[str, int, int], asyncio.Future[list[_Frame]]] = {}
+        self._encoded: dict[tuple[str, int], _Frame] = {}
 
     async def page(self, rt: Runtime, run_id: str, after: int, version: int) -> list[_Frame]:
+        recent = rt.db.recent_events.after(run_id, after, PAGE)
+        if recent is not None:
+            return [self._frame(event) for event in recent]
         key = (run_id, after, version)
         read = self._reads.get(key)
         if read is None:
@@ -97,14 +106,46 @@ class _SharedPages:
         # Shielded: a stream whose client left must not cancel the read the others wait for.
         return await asyncio.shield(read)
 
+    def _frame(self, event: RecentEvent) -> _Frame:
+        key = (event.run_id, event.seq)
+        frame = self._encoded.get(key)
+        if frame is None:
+            if len(self._encoded) >= _ENCODED_MAX:
+                self._encoded.clear()  # the live ones are encoded again once; old ones are not asked for
+            frame = self._encoded[key] = _Frame(event.seq, event.type, _encode(event))
+        return frame
+
     @staticmethod
     async def _read(rt: Runtime, run_id: str, after: int) -> list[_Frame]:
         rows = await rt.db.read(event_store.events_after, run_id, after, PAGE)
         return [_Frame(row.seq, row.type, _encode(row)) for row in rows]
 
 
+#: encoded frames of recent events kept for the streams that have yet to send them
+_ENCODED_MAX = 20_000
+
+
 def _encode(row: Any) -> bytes:
-    return ServerSentEvent(event_out(row).model_dump_json(), id=str(row.seq)).encode()
+    """The SSE frame of an event row: the bytes `ServerSentEvent(event_out(row)…).encode()` makes.
+
+    Serialized by pydantic's own serializer from a plain dict rather than through a validated
+    `EventOut` per event: a 10,000-event replay spent most of its time building those models
+    (bench/history.py, issue 7). tests/unit/test_stream_frames.py holds the two byte for byte equal.
+    The JSON has no raw newline, so it is one `data:` line.
+    """
+    payload = dict(row.payload or {})
+    if row.step_key is not None:
+        payload.setdefault("step_key", row.step_key)
+    if row.attempt is not None:
+        payload.setdefault("attempt", row.attempt)
+    envelope = {
+        "type": row.type,
+        "id": row.seq,
+        "timestamp": iso_required(row.created_at),
+        "run_id": row.run_id,
+        "payload": payload,
+    }
+    return b"id: %d\r\ndata: %s\r\n\r\n" % (row.seq, pydantic_core.to_json(envelope))
 
 
 def _shared_pages(request: Request) -> _SharedPages:
@@ -132,7 +173,27 @@ async def _next_frames(
         await rt.db.wait(topics, min(remaining, poll), since=seen)
 
 
-async def _still_valid(rt: Runtime, token_id: str) -> bool:
+async def _still_valid(rt: Runtime, request: Request, token_id: str) -> bool:
+    """Whether the stream's token still stands, as read at most REVALIDATE_S / 2 ago.
+
+    Shared by every stream of the token: 500 streams on 50 tokens read 50 rows per interval, not
+    500 (bench/stream.py, issue 7); streams that look at once share the one read in flight. A
+    revocation still ends each stream within 1.5 x REVALIDATE_S.
+    """
+    state = request.app.state
+    checks: dict[str, tuple[float, asyncio.Future[bool]]] | None = getattr(state, "token_checks", None)
+    if checks is None:
+        checks = state.token_checks = {}
+    now = time.monotonic()
+    seen = checks.get(token_id)
+    if seen is None or now - seen[0] >= REVALIDATE_S / 2 or (seen[1].done() and seen[1].exception()):
+        seen = (now, asyncio.ensure_future(_token_stands(rt, token_id)))
+        checks[token_id] = seen
+    # Shielded: a stream whose client left must not cancel the read the others wait for.
+    return await asyncio.shield(seen[1])
+
+
+async def _token_stands(rt: Runtime, token_id: str) -> bool:
     row = await rt.db.read(tenancy_store.get_token, token_id)
     return row is not None and row.revoked_at is None
 
@@ -157,6 +218,7 @@ async def run_stream(
     async def frames() -> AsyncIterator[bytes]:
         seq = start
         checked = time.monotonic()
+        first = True
         try:
             while True:
                 rows = await _next_frames(rt, pages, run_id, seq, timeout=1.0)
@@ -164,15 +226,19 @@ async def run_stream(
                     # A page goes out in one write: frames encoded once per run, sent once per page.
                     seq = rows[-1].seq
                     yield b"".join(row.wire for row in rows)
-                if not rows or rows[-1].type in TERMINAL_EVENTS:
+                # Whether the run has ended is read when its stream starts quiet and after a final
+                # event: not on every quiet second of every stream (500 streams would read 500 runs
+                # a second for nothing, bench/stream.py).
+                if (not rows and first) or (rows and rows[-1].type in TERMINAL_EVENTS):
                     run = await rt.db.read(run_store.get_run, run_id)
                     if run is None:
                         return
                     if run.status in ("succeeded", "failed", "cancelled") and seq >= run.last_seq:
                         return
+                first = False
                 if time.monotonic() - checked > REVALIDATE_S:
                     checked = time.monotonic()
-                    if not await _still_valid(rt, who.token_id) or await request.is_disconnected():
+                    if not await _still_valid(rt, request, who.token_id) or await request.is_disconnected():
                         return
         finally:
             slot.release()
@@ -233,7 +299,7 @@ async def project_stream(
                     await rt.db.wait(["runs"], poll, since=seen)
                 if time.monotonic() - checked > REVALIDATE_S:
                     checked = time.monotonic()
-                    if not await _still_valid(rt, who.token_id) or await request.is_disconnected():
+                    if not await _still_valid(rt, request, who.token_id) or await request.is_disconnected():
                         return
                 await asyncio.sleep(0)
         finally:

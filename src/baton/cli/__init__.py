@@ -7,6 +7,9 @@
     baton worker                         execute steps until stopped
     baton serve / baton token create     HTTP API, live streams and dashboard; API tokens
     baton db upgrade|current             schema migrations
+    baton doctor [--json]                audit the database: stranded runs, zombie leases, event gaps
+    baton webhooks ls|create|rm|deliveries   signed webhooks on a project's run events
+    baton schedules ls|create|show|pause|resume|rm   runs of a flow on a cron expression or an interval
 
 Every command takes `--database URL` (env BATON_DATABASE_URL) and `--flows SRC` (env BATON_FLOWS),
 also before the command name. With `--server URL --token T` (env BATON_SERVER, BATON_TOKEN) the
@@ -20,8 +23,10 @@ from typing import Annotated
 
 import typer
 
-from baton.cli import agents, db, flows, inputs, runs
+from baton.cli import agents, db, flows, inputs, runs, webhooks
+from baton.cli import schedules as schedules_cli
 from baton.cli.common import DatabaseOpt, FlowsOpt, ServerOpt, TokenOpt, exit_code_for, print_error
+from baton.cli.doctor import doctor
 from baton.cli.run import run
 from baton.cli.serve import serve, token_app
 from baton.cli.worker import worker
@@ -61,6 +66,7 @@ def _root(
 
 app.command("run")(run)
 app.command("worker")(worker)
+app.command("doctor")(doctor)
 app.command("serve")(serve)
 app.add_typer(token_app, name="token")
 app.add_typer(runs.app, name="runs")
@@ -68,6 +74,8 @@ app.add_typer(inputs.app, name="inputs")
 app.add_typer(flows.app, name="flows")
 app.add_typer(agents.app, name="agents")
 app.add_typer(db.app, name="db")
+app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(schedules_cli.app, name="schedules")
 
 
 def main() -> None:

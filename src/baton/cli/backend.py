@@ -304,7 +304,8 @@ class StreamPump:
             return []
         items: list[Any] = []
         try:
-            items.append(await asyncio.wait_for(self.queue.get(), timeout))
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancellation
+                items.append(await self.queue.get())
         except TimeoutError:
             return []
         while not self.queue.empty():

@@ -148,6 +148,7 @@ def _print_run(run: dict[str, Any], where: Target) -> None:
         ("finished", when(run.get("finished_at")) if run.get("finished_at") else None),
         ("duration", duration(run_duration(run)) if run.get("started_at") else None),
         ("inputs", dumps(run.get("inputs") or {})),
+        ("schedule", run.get("schedule_id")),
         ("retry of", run.get("retry_of")),
         (
             "forked from",

@@ -35,6 +35,14 @@ def serve(
         typer.Option("--public-url", help="The URL people reach this server at (for login links)."),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel",
+            help="Export OpenTelemetry traces and logs over OTLP/HTTP (on anyway when "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set; needs baton[otel]).",
+        ),
+    ] = False,
     database: DatabaseOpt = None,
     flows: FlowsOpt = None,
     server: HiddenServerOpt = None,
@@ -53,6 +61,7 @@ def serve(
     )
     import uvicorn
 
+    from baton import telemetry
     from baton.api.app import create_app
     from baton.config import settings_from_env
 
@@ -66,6 +75,8 @@ def serve(
         flow_sources=tuple(where.sources),
         public_url=public_url,
     )
+    if telemetry.configure_from_env(flag=otel):
+        telemetry.flush_on_sigterm()
     app = create_app(settings)
     http = uvicorn.Server(
         uvicorn.Config(

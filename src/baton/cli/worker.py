@@ -58,6 +58,9 @@ def worker(
         print_error(f"--log-level {log_level!r} is not one of debug, info, warning, error")
         raise typer.Exit(2)
     configure_logging(level)
+    from baton import telemetry
+
+    telemetry.configure_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT set: traces and logs over OTLP
 
     async def body() -> None:
         await _work(where, concurrency=concurrency, lease=lease, poll=poll, until_idle=until_idle)

@@ -42,6 +42,23 @@ def policy_of(snapshot: Mapping[str, Any] | None) -> Policy:
     )
 
 
+def agent_fields(row: Any) -> Mapping[str, Any]:
+    """The step's agent fields, over those of the declared agent it names (the step's win)."""
+    spec: Mapping[str, Any] = row.spec or {}
+    agent: Mapping[str, Any] = spec.get("agent") or {}
+    if agent.get("ref"):
+        declared = declared_agents().get(str(agent["ref"])).to_json()
+        agent = {**declared, **{k: v for k, v in agent.items() if k != "ref"}}
+    return agent
+
+
+def engine_spec_of(row: Any, agent: Mapping[str, Any] | None = None) -> str:
+    """The engine an agent step will run on (before the policy is asked); `agent`: its agent_fields."""
+    spec: Mapping[str, Any] = row.spec or {}
+    fields = agent_fields(row) if agent is None else agent
+    return effective_engine_spec(str(fields.get("engine") or spec.get("engine") or "default"))
+
+
 def plan_agent_step(
     row: Any,
     flow: Flow,
@@ -52,12 +69,8 @@ def plan_agent_step(
 ) -> AgentPlan:
     """Everything an agent step needs, or PolicyRefused before any engine starts."""
     spec: Mapping[str, Any] = row.spec or {}
-    agent: Mapping[str, Any] = spec.get("agent") or {}
-    if agent.get("ref"):
-        # Fields given on the step win over the declared agent's.
-        declared = declared_agents().get(str(agent["ref"])).to_json()
-        agent = {**declared, **{k: v for k, v in agent.items() if k != "ref"}}
-    engine_spec = effective_engine_spec(str(agent.get("engine") or spec.get("engine") or "default"))
+    agent = agent_fields(row)
+    engine_spec = engine_spec_of(row, agent)
     if not engine_spec.startswith("function:") and not policy.allows_engine(engine_spec):
         raise PolicyRefused(
             f"engine {engine_spec!r} is not in the policy's allowed_engines "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -14,15 +15,18 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from sqlalchemy import Connection
 
+from baton import redaction, telemetry
 from baton.agents.base import OutputInvalid, PolicyRefused, StepResult
+from baton.agents.registry import import_engine_modules
 from baton.domain.errors import BatonError, StepFailed
 from baton.domain.events import EventDraft
 from baton.domain.policy import Policy
 from baton.domain.status import StepKind
 from baton.engine import metrics, step_results
-from baton.engine.agent_step import plan_agent_step, policy_of
+from baton.engine.agent_step import engine_spec_of, plan_agent_step, policy_of
 from baton.engine.context import RunningStep
 from baton.engine.step_results import Claim
+from baton.failpoints import failpoint
 from baton.flows.spec import Flow, accepts_argument
 from baton.store import artifacts as artifact_store
 from baton.store.database import Database
@@ -31,6 +35,14 @@ logger = logging.getLogger(__name__)
 
 #: How often streamed output is written as `step.delta` events (coalescing window).
 DELTA_FLUSH_S = 0.075
+
+
+def _redacted(drafts: list[EventDraft]) -> list[EventDraft]:
+    """The events with every known secret cut out of their payloads."""
+    secrets = redaction.known_secrets()
+    if not secrets:
+        return drafts
+    return [dataclasses.replace(d, payload=redaction.redact(d.payload, secrets)) for d in drafts]
 
 
 class LeaseLostError(Exception):
@@ -74,7 +86,11 @@ class StepExecution:
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
         self.lost = False
+        #: the attempt's end (success, failure or cancellation) has committed: nothing left to stop
+        self.recorded = False
         self.policy = Policy()
+        #: the attempt's span (a shared no-op unless tracing is on)
+        self.trace: telemetry.StepTrace = telemetry.OFF
         #: set by the worker: claim what this step makes ready, and who takes it over
         self.claim_next: Callable[[], step_results.ClaimNext | None] | None = None
         self.handoff: Callable[[list[Any]], None] | None = None
@@ -83,7 +99,8 @@ class StepExecution:
         started = time.perf_counter()
         outcome = "failed"
         try:
-            await self._run()
+            with telemetry.step_span(self.row, self.flow.name) as self.trace:
+                await self._run()
             outcome = "done"
         finally:
             metrics.STEP_SECONDS.labels(self.row.kind, outcome).observe(time.perf_counter() - started)
@@ -122,18 +139,23 @@ class StepExecution:
                         await flusher
             if not await self._flush():
                 return
+            # Known secrets (model keys, tokens) never reach the store, whatever the step did with them.
+            secrets = redaction.known_secrets()
             produced = step_results.Produced(
-                output=produced.output,
-                artifacts=list(self.ctx.artifacts),
+                output=redaction.redact(produced.output, secrets),
+                artifacts=[
+                    step_results.ArtifactDraft(a.name, redaction.redact(a.content, secrets), a.media_type)
+                    for a in self.ctx.artifacts
+                ],
                 usage=produced.usage,
                 engine=produced.engine,
             )
             claim_next = self.claim_next() if self.claim_next is not None else None
-            successors = await self._shielded(
-                step_results.record_success, claim, produced, self.flows, claim_next
+            # The successors are claimed in the step's own transaction: once it commits they are
+            # ours, and must be handed off even if this task is cancelled in the same breath.
+            await self._shielded(
+                step_results.record_success, claim, produced, self.flows, claim_next, then=self._hand_off
             )
-            if successors and self.handoff is not None:
-                self.handoff(successors)
         except asyncio.CancelledError:
             if self.lost:
                 logger.warning(
@@ -175,13 +197,17 @@ class StepExecution:
                 return step_results.Produced(await fn(*args))
             return step_results.Produced(await asyncio.to_thread(fn, *args))
         if kind is StepKind.AGENT:
+            await import_engine_modules(engine_spec_of(self.row))
             plan = plan_agent_step(
                 self.row, self.flow, self.ctx.inputs, self.ctx.upstream, self.policy, self.claim.run_id
             )
-            if not await self.db.write(step_results.append_step_events, self.claim, plan.events):
+            if not await self.db.write(step_results.append_step_events, self.claim, _redacted(plan.events)):
                 self.lost = True
                 raise asyncio.CancelledError  # the lease was lost before the engine started
-            result: StepResult = await plan.engine.run(plan.request, self.ctx)
+            with telemetry.model_span(plan.request, self.claim.run_id) as call:
+                result: StepResult = await plan.engine.run(plan.request, self.ctx)
+                call.done(result)
+            failpoint("after_model_response")
             if plan.request.output_schema:
                 check_output(result.output, plan.request.output_schema)
             label = (
@@ -205,40 +231,56 @@ class StepExecution:
         drafts = self.ctx.drain()
         if not drafts:
             return True
-        return await self.db.write(step_results.append_step_events, self.claim, drafts)
+        return await self.db.write(step_results.append_step_events, self.claim, _redacted(drafts))
 
     async def _fail(self, error: str, *, retryable: bool, events: list[EventDraft] | None = None) -> None:
         if self.ctx is not None:
             with contextlib.suppress(Exception):
                 await self._flush()
         await self._shielded(
-            step_results.record_failure, self.claim, error, retryable, self.flows, events or []
+            step_results.record_failure,
+            self.claim,
+            redaction.redact_text(error),
+            retryable,
+            self.flows,
+            _redacted(events or []),
         )
 
-    async def _shielded(self, fn: Any, *args: Any) -> Any:
+    async def _shielded(self, fn: Any, *args: Any, then: Callable[[Any], None] | None = None) -> Any:
         """The final write of an attempt survives the worker's own cancellation.
 
         The task waits for that write to commit even when it is cancelled meanwhile, and only
-        then re-raises: the worker counts the step as in flight until its end is recorded.
+        then re-raises: the worker counts the step as in flight until its end is recorded. `then`
+        gets the committed result before any cancellation is re-raised.
         """
-        write = asyncio.ensure_future(self.db.write(fn, *args))
+        write = asyncio.ensure_future(self.db.write(self.trace.watch(fn), *args))
         interrupted = False
-        while True:
+        while not write.done():
             try:
-                result = await asyncio.shield(write)
-                break
+                await asyncio.shield(write)
             except asyncio.CancelledError:
-                if write.done():
-                    raise
                 interrupted = True
+        result = write.result()
+        self.recorded = True
+        if then is not None:
+            then(result)
         if interrupted:
             raise asyncio.CancelledError
         return result
+
+    def _hand_off(self, successors: list[Any]) -> None:
+        failpoint("after_step_commit")
+        if successors and self.handoff is not None:
+            self.handoff(successors)
 
     def cancel(self, *, reason: str | None = None, lost: bool = False) -> None:
         """Called by the worker: the run is being cancelled (`reason`) or the lease is `lost`."""
         # Deliver one cancellation per attempt: the worker asks again on every wake-up, and a
         # second one would interrupt the step's clean-up or the write that records its end.
+        # A step whose end has committed has nothing left to stop (a heartbeat that raced with
+        # the commit no longer sees its lease), and cancelling it would only skip its hand-off.
+        if self.recorded:
+            return
         delivered = self.lost or self.cancel_reason is not None
         if lost:
             self.lost = True

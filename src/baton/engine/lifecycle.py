@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +24,11 @@ from baton.domain.ids import new_id
 from baton.domain.policy import Policy, PolicySnapshot, effective_policy, parse_layer
 from baton.domain.status import TERMINAL_RUN_STATUSES, RunStatus, StepStatus
 from baton.engine import progress, scheduler
+from baton.failpoints import failpoint
 from baton.flows.catalog import Catalog
 from baton.flows.inputs import validate_inputs
 from baton.flows.spec import Flow, StepSpec
+from baton.store import events as event_store
 from baton.store import inputs as input_store
 from baton.store import runs as run_store
 from baton.store import steps as step_store
@@ -64,6 +66,8 @@ class RunRequest:
     #: the run layer of the policy: it may only tighten, unless `may_loosen` (an admin's request)
     policy: Mapping[str, Any] | None = None
     may_loosen: bool = False
+    #: the schedule that makes this run (engine/schedules.py)
+    schedule_id: str | None = None
 
 
 class Lifecycle:
@@ -84,6 +88,28 @@ class Lifecycle:
 
         The same idempotency key (per project and user) returns the run it first created.
         """
+        body = self.run_creation(request, retry_of=retry_of)
+        scoped_key = _scoped_key(request)
+        try:
+            created = await self.db.write(body)
+            failpoint("after_run_insert")
+            return created
+        except exc.IntegrityError:
+            if scoped_key is None:
+                raise
+            # Two creates raced with one key: the loser returns the winner's run.
+            existing = await self.db.read(run_store.find_by_idempotency_key, scoped_key)
+            if existing is None:
+                raise
+            return await self.get_run(existing.id)
+
+    def run_creation(
+        self, request: RunRequest, *, retry_of: str | None = None
+    ) -> Callable[[Connection], dict[str, Any]]:
+        """Validate `request` now; return the body that creates the run inside a caller's transaction.
+
+        A schedule fires through this, so that its run and the schedule's next fire time commit together.
+        """
         flow = self.catalog.get(request.flow)
         inputs = validate_inputs(flow.input_schema, request.inputs, flow=flow.name)
         if request.strategy not in STRATEGIES:
@@ -95,11 +121,7 @@ class Lifecycle:
         if request.idempotency_key is not None and not request.idempotency_key.strip():
             raise UsageError("idempotency_key must not be empty: leave it out or give a unique string")
         run_layer = parse_layer(request.policy, layer="run")
-        scoped_key = (
-            f"{request.project_id or '-'}|{request.created_by or '-'}|{request.idempotency_key}"
-            if request.idempotency_key
-            else None
-        )
+        scoped_key = _scoped_key(request)
         run_id = new_id("run")
         specs = flow.steps_for_band(request.band)  # a band may run fewer steps
         rows = progress.step_rows_for(specs, 0)
@@ -146,12 +168,15 @@ class Lifecycle:
                     "retry_of": retry_of,
                     "timeout_s": request.timeout_s or flow.timeout_s,
                     "queued_at": None if needs_confirmation else db_now(conn),
+                    "schedule_id": request.schedule_id,
                 },
             )
             step_store.insert_steps(conn, run_id, cap_timeouts(rows, policy))
             drafts = [
                 EventDraft(
-                    "run.created", {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of}
+                    "run.created",
+                    {"flow": flow.name, "inputs_keys": sorted(inputs), "retry_of": retry_of}
+                    | ({"schedule_id": request.schedule_id} if request.schedule_id else {}),
                 )
             ]
             drafts += [EventDraft("policy.override", {"notice": notice}) for notice in snapshot.overrides]
@@ -164,16 +189,7 @@ class Lifecycle:
                 append_events(conn, retry_of, [EventDraft("run.retried", {"new_run_id": run_id})])
             return self._snapshot(conn, run_id)
 
-        try:
-            return await self.db.write(body)
-        except exc.IntegrityError:
-            if scoped_key is None:
-                raise
-            # Two creates raced with one key: the loser returns the winner's run.
-            existing = await self.db.read(run_store.find_by_idempotency_key, scoped_key)
-            if existing is None:
-                raise
-            return await self.get_run(existing.id)
+        return body
 
     def _policy_for(
         self,
@@ -254,10 +270,13 @@ class Lifecycle:
 
         return await self.db.write(body)
 
-    async def cancel(self, run_id: str, *, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    async def cancel(
+        self, run_id: str, *, reason: str = "", by: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Immediate for a run that has nothing in flight; otherwise requested, then settled by the worker.
 
-        Cancelling a cancelled run again is a no-op; cancelling a finished one is refused.
+        Cancelling a cancelled run again is a no-op; cancelling a finished one is refused, unless
+        `idempotency_key` is the key of the cancel that was accepted (a retry after a lost reply).
         """
         words = f"cancelled by {by}" if by else "cancelled"
         if reason:
@@ -265,23 +284,31 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, run_id)
+            if replays(event_store.payloads_of_type(conn, run_id, "run.cancel_requested"), idempotency_key):
+                return self._snapshot(conn, run_id)
             if run.status == R.CANCELLED or (
                 run.cancel_requested_at is not None and run.status not in TERMINAL_RUN_STATUSES
             ):
                 return self._snapshot(conn, run_id)
             if run.status in TERMINAL_RUN_STATUSES:
                 raise IllegalTransition(run_id, run.status, R.CANCELLED, "cancel run")
-            append_events(conn, run_id, self._request_cancel(conn, run, words))
+            append_events(conn, run_id, self._request_cancel(conn, run, words, idempotency_key))
+            failpoint("in_cancel")
             return self._snapshot(conn, run_id)
 
-        return await self.db.write(body)
+        cancelled = await self.db.write(body)
+        failpoint("after_completion_before_ack")
+        return cancelled
 
-    def _request_cancel(self, conn: Connection, run: Row[Any], reason: str) -> list[EventDraft]:
+    def _request_cancel(
+        self, conn: Connection, run: Row[Any], reason: str, idempotency_key: str | None = None
+    ) -> list[EventDraft]:
         run_store.update_run(conn, run.id, cancel_requested_at=db_now(conn), status_reason=reason)
         touch(conn, "cancel", f"run:{run.id}")
         locked = run_store.get_run(conn, run.id)
         assert locked is not None
-        return [EventDraft("run.cancel_requested", {"reason": reason})] + progress.settle_cancel(
+        payload = {"reason": reason} | keyed(idempotency_key)
+        return [EventDraft("run.cancel_requested", payload)] + progress.settle_cancel(
             conn, locked, self.flows
         )
 
@@ -317,13 +344,22 @@ class Lifecycle:
             policy=((old.policy or {}).get("layers") or {}).get("run"),
             may_loosen=may_loosen,
         )
+        failpoint("in_retry")  # the retry's one transaction is the new run's creation
         return await self.create_run(request, retry_of=run_id)
 
-    async def resume(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
-        """Re-queue a failed run's failed and cancelled steps; every succeeded step is kept."""
+    async def resume(
+        self, run_id: str, *, by: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Re-queue a failed run's failed and cancelled steps; every succeeded step is kept.
+
+        The `idempotency_key` is recorded in the `run.resumed` event: the same key again returns the
+        run instead of a 409 (the client lost the first reply); it never resumes a second time.
+        """
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, run_id)
+            if replays(event_store.payloads_of_type(conn, run_id, "run.resumed"), idempotency_key):
+                return self._snapshot(conn, run_id)
             if run.status != R.FAILED:
                 raise IllegalTransition(run_id, run.status, R.QUEUED, "resume run")
             rows = step_store.load_steps(conn, run_id)
@@ -354,10 +390,10 @@ class Lifecycle:
                 cancel_requested_at=None,
             )
             assert moved is not None
-            drafts = [EventDraft("run.resumed", {"by": by, "steps": sorted(again)})] + self._admit(
-                conn, moved
-            )
+            resumed = {"by": by, "steps": sorted(again)} | keyed(idempotency_key)
+            drafts = [EventDraft("run.resumed", resumed)] + self._admit(conn, moved)
             append_events(conn, run_id, drafts)
+            failpoint("in_resume")
             return self._snapshot(conn, run_id)
 
         return await self.db.write(body)
@@ -449,8 +485,14 @@ class Lifecycle:
 
         return await self.db.write(body)
 
-    async def answer(self, request_id: str, answer: Any, *, by: str | None = None) -> dict[str, Any]:
-        """Answer a pending input request; the run moves on in the same transaction."""
+    async def answer(
+        self, request_id: str, answer: Any, *, by: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Answer a pending input request; the run moves on in the same transaction.
+
+        The `idempotency_key` is recorded in the `input.answered` event: the same key again returns
+        the run instead of a 409, and the first answer stands.
+        """
         request = await self.db.read(input_store.get_request, request_id)
         if request is None:
             raise NotFound(f"input request {request_id} not found")
@@ -464,6 +506,9 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, request.run_id)
+            earlier = event_store.payloads_of_type(conn, run.id, "input.answered")
+            if replays([p for p in earlier if p.get("request_id") == request_id], idempotency_key):
+                return self._snapshot(conn, run.id)
             answered = input_store.answer_request(conn, request_id, answer, by)
             if answered is None:
                 current = input_store.get_request(conn, request_id)
@@ -484,7 +529,9 @@ class Lifecycle:
             step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
             drafts = [
                 EventDraft(
-                    "input.answered", {"request_id": request_id, "by": by}, step_key=answered.step_key
+                    "input.answered",
+                    {"request_id": request_id, "by": by} | keyed(idempotency_key),
+                    step_key=answered.step_key,
                 ),
                 EventDraft("step.succeeded", {"by": by}, step_key=answered.step_key),
             ]
@@ -520,6 +567,23 @@ class Lifecycle:
         data["stalled"] = scheduler.is_stalled(RunStatus(run.status), signs, db_now(conn))
         data["pending_inputs"] = [dict(r._mapping) for r in input_store.list_requests(conn, run_id=run_id)]
         return data
+
+
+def keyed(idempotency_key: str | None) -> dict[str, str]:
+    """The `idempotency_key` entry of a transition event's payload (none without a key)."""
+    return {"idempotency_key": idempotency_key} if idempotency_key else {}
+
+
+def replays(payloads: Sequence[Mapping[str, Any]], idempotency_key: str | None) -> bool:
+    """Whether a transition with this key was already made: its event payload carries the key."""
+    return bool(idempotency_key) and any(p.get("idempotency_key") == idempotency_key for p in payloads)
+
+
+def _scoped_key(request: RunRequest) -> str | None:
+    """The idempotency key as stored: scoped to the run's project and user."""
+    if not request.idempotency_key:
+        return None
+    return f"{request.project_id or '-'}|{request.created_by or '-'}|{request.idempotency_key}"
 
 
 _FORK_KEEP = {

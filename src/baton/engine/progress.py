@@ -107,7 +107,14 @@ def advance_run(
             step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
         if expansion.finish is not None:
             return drafts + finish_run(conn, run, flows, expansion.finish)
-    drafts += queue_and_ask(conn, run)
+    asked = queue_and_ask(conn, run)
+    drafts += asked
+    if run.status == R.RUNNING.value:
+        if any(d.type == "step.queued" for d in asked):
+            return drafts  # work was just queued: the run goes on, no need to judge it
+        failed, active = step_store.failed_or_active(conn, run.id)
+        if active and not failed:
+            return drafts  # other steps still run (run_outcome would say so after reading them all)
     unfinished, blocked = step_store.unfinished_states(conn, run.id)
     outcome = scheduler.run_outcome([step_view(r) for r in unfinished], blocked)
     current = RunStatus(run.status)
@@ -128,10 +135,10 @@ def advance_run(
 def queue_and_ask(conn: Connection, run: Row[Any]) -> list[EventDraft]:
     """Queue the work steps whose needs are all met; open a request for each such input step."""
     now = db_now(conn)
-    drafts = [EventDraft("step.queued", step_key=key) for key in step_store.queue_ready(conn, run.id, now)]
-    for ready in step_store.ready_inputs(conn, run.id):
+    queued, inputs = step_store.release_ready(conn, run.id, now)
+    drafts = [EventDraft("step.queued", step_key=key) for key in queued]
+    for ready in inputs:
         key, spec = ready.key, dict(ready.spec or {})
-        step_store.set_steps_status(conn, run.id, [key], [S.PENDING], S.WAITING, started_at=now)
         timeout = spec.get("timeout_s")
         request_id = input_store.open_request(
             conn,

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row
 from baton.domain.events import EventDraft
 from baton.domain.status import RunStatus, StepStatus
 from baton.engine import progress, scheduler
+from baton.failpoints import failpoint
 from baton.flows.report import output_text
 from baton.store import artifacts as artifact_store
 from baton.store import inputs as input_store
@@ -72,11 +73,7 @@ def claim_with_events(
     rows = step_store.claim_steps(conn, worker_id, lease_s, limit, flows, run_id=run_id)
     claimed = []
     for row in rows:
-        append_events(
-            conn,
-            row.run_id,
-            [EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)],
-        )
+        append_events(conn, row.run_id, [_started(row, worker_id)])
         claimed.append(
             SimpleNamespace(
                 **row._mapping,
@@ -85,6 +82,36 @@ def claim_with_events(
             )
         )
     return claimed
+
+
+def _started(row: Row[Any], worker_id: str) -> EventDraft:
+    return EventDraft("step.started", {"worker": worker_id}, step_key=row.key, attempt=row.attempt)
+
+
+def _claim_successors(
+    conn: Connection, run: Row[Any], claim_next: ClaimNext, known: Mapping[str, Any]
+) -> tuple[list[SimpleNamespace], list[EventDraft]]:
+    """Claim steps of `run` that the step just recorded made ready, without re-reading what is known.
+
+    The run row (flow, inputs, policy) was read under this transaction's lock, and `known` holds
+    outputs recorded in it, so a chain's next step costs no extra reads. The `step.started`
+    events are returned for the caller to append with its own, in one write.
+    """
+    rows = step_store.claim_steps(
+        conn, claim_next.worker_id, claim_next.lease_s, claim_next.limit, claim_next.flows, run_id=run.id
+    )
+    claimed, drafts = [], []
+    for row in rows:
+        drafts.append(_started(row, claim_next.worker_id))
+        needs = list(row.needs or [])
+        upstream = {key: known[key] for key in needs if key in known}
+        context = StepInputs(dict(run.inputs or {}), {}, run.policy, {})
+        if len(upstream) < len(needs):
+            context = load_step_inputs(conn, run.id, needs)
+        else:
+            context.upstream.update(upstream)
+        claimed.append(SimpleNamespace(**row._mapping, flow=run.flow, context=context))
+    return claimed, drafts
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +174,36 @@ def record_success(
     the same transaction (one commit per step of a chain instead of two); they are returned.
     """
     recorded = _record_success(conn, claim, produced, flows)
-    if not recorded or claim_next is None or claim_next.limit < 1:
+    if recorded is None:
         return []
-    return claim_with_events(
-        conn, claim_next.worker_id, claim_next.lease_s, claim_next.limit, claim_next.flows, claim.run_id
-    )
+    run, drafts, known = recorded
+    claimed: list[SimpleNamespace] = []
+    if claim_next is not None and claim_next.limit > 0 and run.status == R.RUNNING.value:
+        claimed, started = _claim_successors(conn, run, claim_next, known)
+        drafts += started
+        if claimed:
+            # Whatever this transaction queued and claimed itself wakes no other claimer.
+            step_store.forget_claimed_wakeup(conn, claimed)
+    # One append for the result, what it queued and what was claimed: one sequence bump.
+    append_events(conn, claim.run_id, drafts)
+    return claimed
 
 
-def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: progress.Flows) -> bool:
+def _record_success(
+    conn: Connection, claim: Claim, produced: Produced, flows: progress.Flows
+) -> tuple[Row[Any], list[EventDraft], dict[str, Any]] | None:
+    """The body of `record_success`; returns the locked run, the events to append and the output."""
     run = run_store.lock_run(conn, claim.run_id)
     if run is None:
-        return False
-    # The fence comes first: a worker that lost the lease writes nothing, not even an artifact.
-    if step_store.hold_lease(conn, claim.step_id, claim.token) is None:
-        _record_stale(conn, claim)
-        return False
+        return None
     output = produced.output
     encoded = json.dumps(output, default=str)
+    large = len(encoded) > INLINE_OUTPUT_BYTES
+    # The fence comes first: a worker that lost the lease writes nothing, not even an artifact.
+    # Outputs stored inline need no separate fence: finishing the step is conditional on the lease.
+    if (large or produced.artifacts) and step_store.hold_lease(conn, claim.step_id, claim.token) is None:
+        _record_stale(conn, claim)
+        return None
     fields: dict[str, Any] = {
         "output": None,
         "output_ref": None,
@@ -175,7 +215,7 @@ def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: p
     if produced.engine:
         fields["engine"] = produced.engine
     drafts: list[EventDraft] = []
-    if len(encoded) > INLINE_OUTPUT_BYTES:
+    if large:
         # A large output is stored once as an artifact; events and the run row stay small.
         stored = artifact_store.insert_artifact(
             conn,
@@ -192,7 +232,9 @@ def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: p
         fields["output"] = json.loads(encoded)
         fields["output_text"] = output if isinstance(output, str) else None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
-    assert finished is not None  # the lease is held under this transaction's lock
+    if finished is None:
+        _record_stale(conn, claim)
+        return None
     step_store.satisfy_dependents(conn, claim.run_id, claim.key)
     named = (finished.spec or {}).get("artifact")
     if named:
@@ -215,7 +257,7 @@ def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: p
             attempt=claim.attempt,
         )
         drafts.append(_artifact_event(stored, claim))
-    preview = output_text(output)[:2000] if len(encoded) <= INLINE_OUTPUT_BYTES else None
+    preview = output_text(output)[:2000] if not large else None
     drafts.insert(
         0,
         EventDraft(
@@ -240,11 +282,10 @@ def _record_success(conn: Connection, claim: Claim, produced: Produced, flows: p
             locked = run_store.get_run(conn, run.id)
             assert locked is not None
             drafts += progress.finish_run(conn, locked, flows, progress.Finish(False, reason))
-            append_events(conn, claim.run_id, drafts)
-            return True
+            return locked, drafts, {}
     drafts += progress.advance_run(conn, run, flows, finished=finished)
-    append_events(conn, claim.run_id, drafts)
-    return True
+    known = {claim.key: fields["output"]} if fields["output_ref"] is None else {}
+    return run, drafts, known
 
 
 def add_usage(total: Mapping[str, int] | None, more: Mapping[str, int]) -> dict[str, int]:
@@ -335,14 +376,25 @@ def append_step_events(conn: Connection, claim: Claim, drafts: Sequence[EventDra
     return True
 
 
+def _still_expired(step: Row[Any], token: str | None, now: float) -> bool:
+    lease_over = step.lease_expires_at is not None and step.lease_expires_at < now
+    deadline_over = step.deadline_at is not None and step.deadline_at < now
+    return step.status == S.RUNNING.value and step.lease_token == token and (lease_over or deadline_over)
+
+
 def reap(conn: Connection, flows: progress.Flows, limit: int = 100) -> int:
     """Repair what nobody owns any more: expired leases, overdue runs, runs that can be promoted."""
     repaired = 0
-    for step in step_store.expired_leases(conn, limit):
-        run = run_store.lock_run(conn, step.run_id)
+    for seen in step_store.expired_leases(conn, limit):
+        run = run_store.lock_run(conn, seen.run_id)
         if run is None:
             continue
         now = db_now(conn)
+        # Judged again under lock: another reaper may have repaired it meanwhile, or its worker
+        # heartbeated in time; then it is not ours to touch (and no duplicate events are written).
+        step = step_store.lock_step(conn, seen.id)
+        if step is None or not _still_expired(step, seen.lease_token, now):
+            continue
         timed_out = step.deadline_at is not None and step.deadline_at < now
         reason = "timed out" if timed_out else f"worker lost: lease of {step.claimed_by} expired"
         drafts = [
@@ -373,6 +425,7 @@ def reap(conn: Connection, flows: progress.Flows, limit: int = 100) -> int:
             )
             if finished is not None:
                 drafts += progress.advance_run(conn, run, flows, finished=finished)
+        failpoint("in_reaper_reclaim")
         append_events(conn, step.run_id, drafts)
         repaired += 1
     for request in input_store.expired_requests(conn, limit):

@@ -11,10 +11,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from baton.domain.errors import BatonError
+from baton import redaction
+from baton.agents.command import sweep_orphans
+from baton.domain.errors import BatonError, StoreUnavailable
 from baton.domain.ids import new_worker_id
-from baton.engine import metrics, step_results
+from baton.engine import background, metrics, step_results
 from baton.engine.execution import StepExecution
+from baton.failpoints import failpoint
 from baton.flows.catalog import Catalog
 from baton.store import steps as step_store
 from baton.store import workers as worker_store
@@ -31,22 +34,32 @@ class WorkerSettings:
     reaper_s: float = 5.0
     #: How long a stopping worker lets in-flight steps finish before cancelling them.
     drain_s: float = 10.0
+    #: How often leases are extended; None: a quarter of the lease (the most the lease allows).
+    heartbeat: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.lease_s <= 0 or self.poll_s <= 0 or self.reaper_s <= 0:
             raise ValueError("lease_s, poll_s and reaper_s must be positive")
+        if self.heartbeat is not None and not 0 < self.heartbeat * 4 <= self.lease_s:
+            # Three heartbeats may be lost (a busy machine, a slow commit) before a lease expires.
+            raise ValueError(
+                f"the lease ({self.lease_s:g} s) must be at least 4 x the heartbeat ({self.heartbeat:g} s): "
+                "lengthen the lease or heartbeat more often"
+            )
 
     @property
     def heartbeat_s(self) -> float:
-        return self.lease_s / 3
+        return self.heartbeat if self.heartbeat is not None else self.lease_s / 4
 
 
 class Worker:
     """Runs steps of the flows in its catalog. `run(until_idle=True)` returns once nothing is left."""
 
     def __init__(self, db: Database, catalog: Catalog, settings: WorkerSettings | None = None) -> None:
+        # A step's traceback in the log must not carry a key the step held (baton.redaction).
+        redaction.install_log_redaction()
         self.db = db
         self.catalog = catalog
         self.flows = catalog.as_mapping()
@@ -77,9 +90,19 @@ class Worker:
             asyncio.create_task(self._heartbeat_forever(), name="baton-heartbeat"),
             asyncio.create_task(self._reap_forever(), name="baton-reaper"),
         ]
+        self._side += [
+            asyncio.create_task(service.run_forever(self.db, self.catalog), name=f"baton-{service.name}")
+            for service in background.background_services()
+        ]
         side = self._side
         try:
-            await self._claim_loop(until_idle)
+            while not await self._claim_until_outage(until_idle):
+                # The database is down or restarting (RELIABILITY.md R7): the worker stays, and claims
+                # again once it is back; the heartbeat fences in-flight steps if it outlasts the lease.
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.poll_s):
+                        await self._stop.wait()
         finally:
             for task in side:
                 task.cancel()
@@ -96,6 +119,15 @@ class Worker:
         await self.db.write(step_results.repair_running_runs, self.flows)
 
     # --- the claim loop ---------------------------------------------------------------------
+
+    async def _claim_until_outage(self, until_idle: bool) -> bool:
+        """The claim loop; False when it stopped because the database could not be reached."""
+        try:
+            await self._claim_loop(until_idle)
+        except StoreUnavailable as error:
+            self.logger.warning("claim loop paused: %s", error, extra={"action": "worker.store_unavailable"})
+            return False
+        return True
 
     async def _claim_loop(self, until_idle: bool) -> None:
         names = self._names
@@ -115,6 +147,8 @@ class Worker:
                     step_results.claim_with_events, self.id, self.settings.lease_s, free, names
                 )
                 metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+                if claimed:
+                    failpoint("after_claim_commit")
                 self._capped = len(claimed) >= free
                 for row in claimed:
                     self._start(row)
@@ -182,21 +216,22 @@ class Worker:
     # --- side tasks -------------------------------------------------------------------------
 
     async def _heartbeat_forever(self) -> None:
-        last_ok = time.monotonic()
+        # When the last heartbeat that committed began: every lease it extended runs at least until
+        # then + lease on the database clock, and may be reclaimed by another worker after that.
+        held_since = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             tokens = list(self.in_flight)
+            began = time.monotonic()
             try:
-                held = await self.db.write(_heartbeat, self.id, tokens, self.settings.lease_s)
-                last_ok = time.monotonic()
+                held = await self._beat_within_lease(tokens, held_since)
+                held_since = began
             except BatonError as error:
                 self.logger.warning(
                     "heartbeat failed: %s", error, extra={"action": "worker.heartbeat_failed"}
                 )
-                if time.monotonic() - last_ok > self.settings.lease_s:
-                    # Our leases have surely expired: stop the work someone else may now own.
-                    for stale in list(self.in_flight.values()):
-                        stale.cancel(lost=True)
+                if time.monotonic() - held_since > self.settings.lease_s:
+                    self._fence_all("heartbeat failing")
                 continue
             held_tokens, cancelled_runs = held
             for token in tokens:
@@ -208,6 +243,32 @@ class Worker:
                 elif current.claim.run_id in cancelled_runs:
                     current.cancel(reason="run cancelled")
 
+    async def _beat_within_lease(self, tokens: list[str], held_since: float) -> tuple[set[str], set[str]]:
+        """One heartbeat; if it has not committed by the time our leases run out, stop every step first.
+
+        A heartbeat stuck behind a network partition or a frozen process raises nothing; without
+        this bound the worker would go on running steps the reaper has handed to another worker.
+        """
+        write = asyncio.ensure_future(self.db.write(_heartbeat, self.id, tokens, self.settings.lease_s))
+        left = held_since + self.settings.lease_s - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(write), max(left, 0.0))
+        except TimeoutError:
+            self._fence_all("no heartbeat committed within the lease")
+            return await write
+
+    def _fence_all(self, why: str) -> None:
+        """Our leases have surely expired: stop the work someone else may own by now."""
+        if self.in_flight:
+            self.logger.warning(
+                "%s: stopping %d in-flight step(s)",
+                why,
+                len(self.in_flight),
+                extra={"action": "worker.fenced"},
+            )
+        for stale in list(self.in_flight.values()):
+            stale.cancel(lost=True)
+
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reaper_s)
@@ -215,6 +276,11 @@ class Worker:
                 await self.db.write(step_results.reap, self.flows)
             except BatonError as error:
                 self.logger.warning("reaper pass failed: %s", error, extra={"action": "worker.reap_failed"})
+            # Agent grandchildren of a SIGKILLed worker on this host outlive its parent-death signal.
+            if killed := await asyncio.to_thread(sweep_orphans):
+                self.logger.warning(
+                    "killed %d orphaned agent processes", killed, extra={"action": "worker.orphans"}
+                )
 
     def _raise_if_side_task_died(self) -> None:
         """A worker whose heartbeat or reaper died must stop loudly, not run steps unguarded."""
@@ -224,13 +290,18 @@ class Worker:
                 raise RuntimeError(f"worker side task {task.get_name()} stopped: {error!r}")
 
     async def _drain(self) -> None:
-        if not self.in_flight:
-            return
-        tasks = [e.task for e in self.in_flight.values() if e.task is not None]
-        _done, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
-        for task in pending:
-            task.cancel()
-        if pending:
+        # A step that ends while we drain may hand off a successor it claimed in its own
+        # transaction: that one is in flight too, so look again until nothing is left.
+        deadline = time.monotonic() + self.settings.drain_s
+        while self.in_flight and (left := deadline - time.monotonic()) > 0:
+            tasks = [e.task for e in self.in_flight.values() if e.task is not None]
+            await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        for _round in range(3):
+            pending = [e.task for e in self.in_flight.values() if e.task is not None and not e.task.done()]
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
             await asyncio.wait(pending, timeout=5)
 
 
@@ -240,6 +311,8 @@ def _heartbeat(
     held = step_store.extend_leases(conn, worker_id, tokens, lease_s)
     worker_store.beat(conn, worker_id, len(tokens))
     cancelled = step_store.cancel_requested_runs(conn, [r.run_id for r in held])
+    if tokens:
+        failpoint("in_heartbeat")
     return {r.lease_token for r in held}, cancelled
 
 

@@ -7,16 +7,19 @@ import contextlib
 import logging
 import os
 import random
+import threading
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from baton.domain.errors import StoreError, StoreUnavailable, UsageError
+from baton.store import direct
 from baton.store.dialects import Dialect, dialect_for
+from baton.store.recent_events import RecentEvent, RecentEvents
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class Topics:
     """In-process wake-ups: a waiter sleeps until a topic it cares about changes, or a timeout."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self._versions: dict[str, int] = {}
 
     def version(self, topics: Iterable[str]) -> int:
@@ -91,7 +94,7 @@ class Topics:
             if wake_all or topic in names:
                 for fut in futures:
                     if not fut.done():
-                        fut.set_result(None)
+                        fut.set_result(True)
 
     async def wait(self, topics: Iterable[str], timeout: float, *, since: int | None = None) -> bool:
         """True when woken, False on timeout.
@@ -103,21 +106,27 @@ class Topics:
         if since is not None and self.version(names) != since:
             return True
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
         for topic in names:
             self._waiters.setdefault(topic, set()).add(fut)
+        # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that lands as the future
+        # completes, and a service loop that lost its cancellation never stops (nor its worker).
+        timer = loop.call_later(timeout, _time_out, fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            timer.cancel()
             for topic in names:
                 waiters = self._waiters.get(topic)
                 if waiters is not None:
                     waiters.discard(fut)
                     if not waiters:
                         del self._waiters[topic]
+
+
+def _time_out(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 def touch(conn: Connection, *topics: str) -> None:
@@ -132,18 +141,39 @@ class Database:
     thread of its own through the plain sqlite3 driver: one hand-off per transaction instead of
     one per statement, and a single writer thread, so this process never contends with itself
     for SQLite's one write lock (other processes are handled by busy_timeout and retries).
+
+    SQLite writes are group-committed: write transactions that queue up while the writer thread
+    is busy run back to back in one SQLite transaction, each inside its own savepoint, and share
+    one commit (one fsync). Each caller still learns its result only after that commit, and a
+    body that fails rolls back to its savepoint alone, so every caller sees exactly what it would
+    see alone: serial transactions, all durable before they are acknowledged.
     """
 
-    def __init__(self, url: str, engine: AsyncEngine | Engine, dialect: Dialect) -> None:
+    def __init__(self, url: str, engine: Engine, dialect: Dialect) -> None:
         self.url = url
         self.engine = engine
         self.dialect = dialect
         self.topics = Topics()
+        #: the events this process committed last, for live run streams (store/recent_events.py)
+        self.recent_events = RecentEvents()
         self._listener: asyncio.Task[None] | None = None
         self.busy_retries = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="baton-sqlite-read")
-        self._read_engine = _sqlite_engine(url, read_only=True) if isinstance(engine, Engine) else None
+        sqlite = dialect.name == "sqlite"
+        self._read_engine = _sqlite_engine(url, read_only=True) if sqlite else None
+        #: PostgreSQL: one thread per connection the pool may hold
+        self._pg_threads = (
+            None
+            if sqlite
+            else ThreadPoolExecutor(PG_POOL_SIZE + PG_MAX_OVERFLOW, thread_name_prefix="baton-pg")
+        )
+        self._queued_writes: list[_QueuedWrite] = []
+        self._writes_lock = threading.Lock()
+        self._writer_busy = False
+        #: the writer thread's own connection, kept open: no pool check-out, reset and check-in
+        #: around every group (a tenth of a step's cost on SQLite)
+        self._write_conn: Connection | None = None
 
     @classmethod
     async def open(cls, url: str | None = None, *, upgrade: bool | None = None) -> Database:
@@ -173,9 +203,12 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
-        if isinstance(self.engine, AsyncEngine):
-            await self.engine.dispose()
+        if self._pg_threads is not None:
+            self._pg_threads.shutdown(wait=True)
+            self.engine.dispose()
         else:
+            with contextlib.suppress(RuntimeError):
+                await asyncio.get_running_loop().run_in_executor(self._writer, self._close_write_conn)
             self._writer.shutdown(wait=True)
             self._readers.shutdown(wait=True)
             self.engine.dispose()
@@ -199,22 +232,27 @@ class Database:
     ) -> T:
         dialect = self.dialect
 
-        def body(conn: Connection) -> tuple[T, set[str]]:
+        def body(conn: Connection) -> tuple[T, set[str], list[RecentEvent]]:
             # A retried transaction must not reuse the clock or markers of the failed one.
-            for key in ("baton_topics", "baton_tx", "baton_now"):
+            for key in ("baton_topics", "baton_tx", "baton_now", "baton_queued", "baton_appended"):
                 conn.info.pop(key, None)
             result = fn(conn, *args, **kwargs)
             topics: set[str] = conn.info.pop("baton_topics", set())
+            appended: list[RecentEvent] = conn.info.pop("baton_appended", [])
             conn.info.pop("baton_tx", None)
             conn.info.pop("baton_now", None)
+            conn.info.pop("baton_queued", None)
             if topics:
                 dialect.notify(conn, topics)
-            return result, topics
+            return result, topics, appended
 
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                result, topics = await _uninterrupted(self._attempt(read_only, body))
+                result, topics, appended = await _uninterrupted(self._attempt(read_only, body))
+                if appended:
+                    # Before the wake-up: a stream woken by this commit finds its events here.
+                    self.recent_events.publish(appended)
                 if topics:
                     self.topics.notify(topics)
                 return result
@@ -233,17 +271,25 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
-        if isinstance(self.engine, Engine):
-            if read_only and self._read_engine is not None:
-                executor, engine = self._readers, self._read_engine
-            else:
-                executor, engine = self._writer, self.engine
-            return await asyncio.get_running_loop().run_in_executor(executor, _sync_attempt, engine, body)
-        async with self.engine.connect() as aconn:
-            if read_only:
-                aconn = await aconn.execution_options(baton_read_only=True)
-            async with aconn.begin():
-                return await aconn.run_sync(body)
+        loop = asyncio.get_running_loop()
+        if self._pg_threads is not None:
+            return await loop.run_in_executor(self._pg_threads, _sync_attempt, self.engine, body)
+        if read_only and self._read_engine is not None:
+            return await loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
+        done: asyncio.Future[Any] = loop.create_future()
+        with self._writes_lock:
+            self._queued_writes.append(_QueuedWrite(body, done, loop))
+            start = not self._writer_busy
+            self._writer_busy = True
+        if start:
+            try:
+                loop.run_in_executor(self._writer, self._write_queued, self.engine)
+            except RuntimeError:  # the database is closed: nothing will ever write this
+                with self._writes_lock:
+                    self._queued_writes.clear()
+                    self._writer_busy = False
+                raise
+        return cast(T, await done)
 
     # --- wake-ups --------------------------------------------------------------------------
 
@@ -261,6 +307,69 @@ class Database:
         self._listener = asyncio.get_running_loop().create_task(
             self.dialect.listen(self.url, self.topics.notify), name="baton-listen"
         )
+
+    def _write_queued(self, engine: Engine) -> None:
+        """The writer thread: commit queued write transactions in groups until none are left."""
+        while True:
+            with self._writes_lock:
+                group = self._queued_writes[:_GROUP_COMMIT_MAX]
+                del self._queued_writes[: len(group)]
+                if not group:
+                    self._writer_busy = False
+                    return
+            try:
+                if self._write_conn is None:
+                    self._write_conn = engine.connect()
+                outcomes = _commit_group(self._write_conn, [write.body for write in group])
+            except BaseException as error:  # the group's BEGIN or COMMIT failed: every write failed
+                outcomes = [(False, error)] * len(group)
+                if isinstance(error, exc.DBAPIError):
+                    self._close_write_conn()  # the next group starts on a fresh connection
+            for write, (ok, value) in zip(group, outcomes, strict=True):
+                write.loop.call_soon_threadsafe(_settle, write.done, ok, value)
+
+    def _close_write_conn(self) -> None:
+        """On the writer thread: drop its connection (after a failure, or when the database closes)."""
+        conn, self._write_conn = self._write_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+_GROUP_COMMIT_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _QueuedWrite:
+    body: Callable[[Connection], Any]
+    done: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _commit_group(conn: Connection, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
+    """Run write bodies in one transaction, each in a savepoint when there are several; one commit."""
+    outcomes: list[tuple[bool, Any]] = []
+    with conn.begin():
+        if len(bodies) == 1:
+            return [(True, bodies[0](conn))]
+        for body in bodies:
+            direct.execute_sql(conn, "SAVEPOINT baton_write")
+            try:
+                outcomes.append((True, body(conn)))
+            except Exception as error:
+                direct.execute_sql(conn, "ROLLBACK TO baton_write")
+                outcomes.append((False, error))
+            direct.execute_sql(conn, "RELEASE baton_write")
+    return outcomes
+
+
+def _settle(done: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if done.done():
+        return
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
 
 
 def _sync_attempt(engine: Engine, body: Callable[[Connection], T]) -> T:
@@ -297,12 +406,39 @@ def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
     return engine
 
 
-def _create_engine(url: str, dialect: Dialect) -> AsyncEngine | Engine:
+def _create_engine(url: str, dialect: Dialect) -> Engine:
     if dialect.name == "sqlite":
         return _sqlite_engine(url, read_only=False)
-    return create_async_engine(
-        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+    # A frozen or partitioned process must not keep its row locks (and so every reaper) hostage:
+    # the server ends a session idle inside a transaction for 5 s (RELIABILITY.md R4).
+    options = "-c idle_in_transaction_session_timeout=5000"
+    # psycopg's synchronous driver, each transaction on a thread of `Database._pg_threads`: a
+    # statement is one blocking round trip, without the event-loop hops and greenlet switches of
+    # the async adapter (most of a step's CPU). A ping on check-out finds connections that died
+    # with a database restart before any statement of a transaction is sent.
+    return create_engine(
+        url,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5, "options": options},
     )
+
+
+def _pool_setting(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise UsageError(f"{name} must be a whole number of connections, not {raw!r}")
+    return int(raw)
+
+
+#: connections a process keeps open to PostgreSQL, and how many more it may open in a burst; every
+#: process (API server, worker) has its own pool, so N processes may hold N x (size + overflow)
+#: connections: keep that under the server's max_connections
+PG_POOL_SIZE = _pool_setting("BATON_PG_POOL_SIZE", 10)
+PG_MAX_OVERFLOW = _pool_setting("BATON_PG_MAX_OVERFLOW", 20)
 
 
 def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:

@@ -6,21 +6,31 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, literal_column, or_, select, update
 
 from baton.domain.errors import UsageError
 from baton.domain.events import MAX_EVENT_PAYLOAD_BYTES, EventDraft
+from baton.store import direct
 from baton.store.clock import db_now, dialect_of
 from baton.store.database import touch
+from baton.store.recent_events import RecentEvent
 from baton.store.schema import events, runs
 
+_EVENT_FIELDS = ("run_id", "seq", "tx", "type", "step_key", "attempt", "payload", "created_at")
 _BUMP_SEQ = (
     update(runs)
     .where(runs.c.id == bindparam("run_id"))
     .values(last_seq=runs.c.last_seq + bindparam("n"))
     .returning(runs.c.last_seq)
 )
-_INSERT_EVENT = insert(events)
+# PostgreSQL: the transaction's id (the global log's commit marker) comes back with the bump.
+_BUMP_SEQ_READING_TX: Any = _BUMP_SEQ.returning(literal_column("pg_current_xact_id()::text::bigint"))
+# inline: no implicit RETURNING of the new ids (executemany cannot return rows on every driver)
+_INSERT_EVENT = (
+    insert(events)
+    .inline()
+    .values({name: bindparam(name, type_=events.c[name].type) for name in _EVENT_FIELDS})
+)
 
 
 def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -> list[int]:
@@ -37,24 +47,38 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
             raise ValueError(
                 f"event {draft.type} payload is {size} bytes; store large content as an artifact"
             )
-    last = conn.execute(_BUMP_SEQ, {"run_id": run_id, "n": len(drafts)}).scalar_one()
+    params = {"run_id": run_id, "n": len(drafts)}
+    if conn.dialect.name == "postgresql" and "baton_tx" not in conn.info:
+        bumped = direct.first(conn, _BUMP_SEQ_READING_TX, params)
+        last, conn.info["baton_tx"] = bumped[0], bumped[1]
+    else:
+        last = direct.first(conn, _BUMP_SEQ, params)[0]
     first = int(last) - len(drafts) + 1
     now = db_now(conn)
     tx = dialect_of(conn).transaction_marker(conn)
-    rows = [
-        {
-            "run_id": run_id,
-            "seq": first + i,
-            "tx": tx,
-            "type": d.type,
-            "step_key": d.step_key,
-            "attempt": d.attempt,
-            "payload": d.payload,
-            "created_at": now,
-        }
+    committed = [
+        RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
         for i, d in enumerate(drafts)
     ]
-    conn.execute(_INSERT_EVENT, rows)
+    direct.execute_many(
+        conn,
+        _INSERT_EVENT,
+        [
+            {
+                "run_id": e.run_id,
+                "seq": e.seq,
+                "tx": tx,
+                "type": e.type,
+                "step_key": e.step_key,
+                "attempt": e.attempt,
+                "payload": e.payload,
+                "created_at": now,
+            }
+            for e in committed
+        ],
+    )
+    # Published to this process's live streams once (and only if) the transaction commits.
+    conn.info.setdefault("baton_appended", []).extend(committed)
     touch(conn, f"run:{run_id}", "runs")
     return [first + i for i in range(len(drafts))]
 
@@ -69,6 +93,16 @@ def events_after(conn: Connection, run_id: str, after_seq: int = 0, limit: int =
             .limit(limit)
         )
     )
+
+
+def payloads_of_type(conn: Connection, run_id: str, event_type: str) -> list[dict[str, Any]]:
+    """The payloads of a run's events of one type, oldest first (transitions replayed by key)."""
+    rows = conn.execute(
+        select(events.c.payload)
+        .where(events.c.run_id == run_id, events.c.type == event_type)
+        .order_by(events.c.seq)
+    )
+    return [dict(payload or {}) for (payload,) in rows]
 
 
 def parse_cursor(cursor: str | None) -> tuple[int, int]:

@@ -75,9 +75,16 @@ runs = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
+    #: the schedule that made this run (kept when the schedule is deleted)
+    Column("schedule_id", String(40), nullable=True),
     Index("ix_runs_project_created", "project_id", "created_at"),
+    # A project's runs in one status, newest first: the run list filtered by status (migration 0008).
+    Index("ix_runs_project_status_created", "project_id", "status", "created_at"),
+    Index("ix_runs_schedule", "schedule_id"),
     Index("ix_runs_status_key", "status", "concurrency_key"),
     Index("ix_runs_created", "created_at"),
+    # The reaper's overdue runs (migration 0008): most runs have no deadline, so the index is small.
+    Index("ix_runs_deadline", "deadline_at"),
     # The key is stored already scoped to its project and user, so one unique index covers both.
     Index("uq_runs_idempotency", "idempotency_key", unique=True),
 )
@@ -233,6 +240,95 @@ tokens = Table(
     Index("ix_tokens_user", "user_id"),
 )
 
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(100), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    #: event types it receives, or ["*"]
+    Column("event_types", JSON, nullable=False),
+    # Kept in clear: signing needs it. Never returned after creation, never logged.
+    Column("secret", String(200), nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("active", Boolean, nullable=False, server_default="1"),
+    Column("created_by", String(40), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_webhooks_project", "project_id", "created_at"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("webhook_id", String(40), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    #: the event delivered; NULL for a test ping
+    Column("event_id", BigInteger, nullable=True),
+    Column("event_type", String(40), nullable=False),
+    Column("run_id", String(40), nullable=True),
+    #: the JSON body, fixed when the delivery is made so every retry sends the same bytes
+    Column("body", JSON, nullable=False),
+    #: pending, succeeded or failed
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    #: when it is due; while an attempt is in flight, when that attempt's lease runs out
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_token", String(40), nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_attempt_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    # A cursor read twice cannot deliver one event to one webhook twice.
+    UniqueConstraint("webhook_id", "event_id"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at"),
+)
+
+#: where the webhook dispatcher is in the global event log (one row, name "dispatch")
+webhook_cursors = Table(
+    "webhook_cursors",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("position", String(60), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# A schedule makes runs of a flow on a cron expression or an interval (docs/schedules.md). A paused
+# schedule has no next fire time, so the due query is one range scan of `next_fire_at`.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(100), nullable=True),
+    Column("created_by", String(100), nullable=True),
+    Column("flow", String(100), nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("title", Text, nullable=False, server_default=""),
+    Column("band", String(20), nullable=True),
+    #: the run layer of the policy its runs ask for (may only tighten)
+    Column("policy", JSON, nullable=True),
+    Column("cron", String(200), nullable=True),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("interval_s", Float, nullable=True),
+    #: what fires missed while no worker ran become: skip | run_once
+    Column("missed", String(10), nullable=False, server_default="skip"),
+    #: whether its runs skip the flow's confirmation (a project or server policy still requires it)
+    Column("auto_confirm", Boolean, nullable=False, server_default="1"),
+    Column("next_fire_at", Float, nullable=True),
+    Column("paused_at", Float, nullable=True),
+    Column("last_fire_at", Float, nullable=True),
+    Column("last_run_id", String(40), nullable=True),
+    #: why the last fire made no run (a policy refusal, inputs the flow no longer accepts)
+    Column("last_error", Text, nullable=True),
+    Column("fires", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_schedules_due", "next_fire_at"),
+    Index("ix_schedules_project_created", "project_id", "created_at"),
+)
+
 __all__ = [
     "artifacts",
     "events",
@@ -241,9 +337,13 @@ __all__ = [
     "metadata",
     "projects",
     "runs",
+    "schedules",
     "steps",
     "text",
     "tokens",
     "users",
+    "webhook_cursors",
+    "webhook_deliveries",
+    "webhooks",
     "workers",
 ]

@@ -6,10 +6,11 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, insert, select, text, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, or_, select, text, update
 
 from baton.domain.ids import new_id, new_lease_token
 from baton.domain.status import StepStatus
+from baton.store import direct
 from baton.store.clock import db_now, dialect_of
 from baton.store.database import touch
 from baton.store.schema import runs, steps
@@ -54,7 +55,7 @@ def needs_key(needs: Iterable[str]) -> str:
 
 def satisfy_dependents(conn: Connection, run_id: str, key: str) -> None:
     """`key` succeeded: every pending step that needs it has one unmet need fewer."""
-    conn.execute(_SATISFY, {"rid": run_id, "pattern": "%|" + _escape_like(key) + "|%"})
+    direct.execute(conn, _SATISFY, {"rid": run_id, "pattern": "%|" + _escape_like(key) + "|%"})
 
 
 def _escape_like(value: str) -> str:
@@ -86,30 +87,45 @@ def recount_unmet(conn: Connection, run_id: str) -> None:
             )
 
 
-def queue_ready(conn: Connection, run_id: str, now: float) -> list[str]:
-    """Pending work steps with every need met become queued; returns their keys in flow order."""
-    rows = conn.execute(_QUEUE_READY, {"rid": run_id, "now": now}).all()
-    if rows:
+def release_ready(conn: Connection, run_id: str, now: float) -> tuple[list[str], list[Row[Any]]]:
+    """Pending steps with every need met move on, in one statement: work steps become queued,
+    input steps waiting. Returns the queued keys and the input steps (key, spec), in flow order."""
+    rows = sorted(direct.rows(conn, _RELEASE_READY, {"rid": run_id, "now": now}), key=lambda r: r.position)
+    keys = [row.key for row in rows if row.kind != "input"]
+    _announce_queued(conn, run_id, keys)
+    return keys, [row for row in rows if row.kind == "input"]
+
+
+def _announce_queued(conn: Connection, run_id: str, keys: Sequence[str]) -> None:
+    """Wake claimers once this transaction commits; remember what it queued (`forget_claimed_wakeup`)."""
+    if keys:
         touch(conn, "steps")
-    return [key for key, _ in sorted(rows, key=lambda r: r[1])]
+        conn.info.setdefault("baton_queued", set()).update((run_id, key) for key in keys)
 
 
-_QUEUE_READY = (
+def forget_claimed_wakeup(conn: Connection, claimed: Iterable[Any]) -> None:
+    """Steps this transaction queued and then claimed itself wake no other claimer.
+
+    A chain's worker queues and claims the next step in one transaction; waking every claim loop
+    (and, on PostgreSQL, NOTIFYing every worker) for it would cost each of them an empty claim.
+    """
+    queued: set[tuple[str, str]] = conn.info.get("baton_queued", set())
+    queued.difference_update((row.run_id, row.key) for row in claimed)
+    if not queued:
+        conn.info.get("baton_topics", set()).discard("steps")
+
+
+_IS_INPUT = steps.c.kind == "input"
+_RELEASE_READY = (
     update(steps)
-    .where(
-        steps.c.run_id == bindparam("rid"),
-        steps.c.status == S.PENDING.value,
-        steps.c.unmet <= 0,
-        steps.c.kind != "input",
+    .where(steps.c.run_id == bindparam("rid"), steps.c.status == S.PENDING.value, steps.c.unmet <= 0)
+    .values(
+        status=case((_IS_INPUT, S.WAITING.value), else_=S.QUEUED.value),
+        available_at=case((_IS_INPUT, steps.c.available_at), else_=bindparam("now")),
+        started_at=case((_IS_INPUT, bindparam("now")), else_=steps.c.started_at),
     )
-    .values(status=S.QUEUED.value, available_at=bindparam("now"))
-    .returning(steps.c.key, steps.c.position)
+    .returning(steps.c.key, steps.c.position, steps.c.kind, steps.c.spec)
 )
-
-
-def ready_inputs(conn: Connection, run_id: str) -> list[Row[Any]]:
-    """Pending input steps with every need met, in flow order, with their specs."""
-    return list(conn.execute(_READY_INPUTS, {"run_id": run_id}))
 
 
 def unfinished_states(conn: Connection, run_id: str) -> tuple[list[Row[Any]], list[str]]:
@@ -124,16 +140,9 @@ def unfinished_states(conn: Connection, run_id: str) -> tuple[list[Row[Any]], li
     return rows, blocked
 
 
-_READY_INPUTS = (
-    select(steps.c.key, steps.c.spec)
-    .where(
-        steps.c.run_id == bindparam("run_id"),
-        steps.c.status == S.PENDING.value,
-        steps.c.unmet <= 0,
-        steps.c.kind == "input",
-    )
-    .order_by(steps.c.position)
-)
+def lock_step(conn: Connection, step_id: str) -> Row[Any] | None:
+    """The step, its row locked until the transaction ends (PostgreSQL; SQLite's writer is alone)."""
+    return conn.execute(select(steps).where(steps.c.id == step_id).with_for_update()).first()
 
 
 def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
@@ -173,6 +182,27 @@ _STATE_COLUMNS = [
 ]
 
 
+def failed_or_active(conn: Connection, run_id: str) -> tuple[bool, bool]:
+    """Whether some step of the run failed, and whether some is queued or running.
+
+    Two index probes that stop at the first match: most completions of a wide run only need to
+    learn that the run goes on, without reading every unfinished step.
+    """
+    failed, active = direct.first(conn, _FAILED_OR_ACTIVE, {"run_id": run_id})
+    return bool(failed), bool(active)
+
+
+def _exists_in(*statuses: StepStatus) -> Any:
+    return (
+        select(steps.c.id)
+        # OR of equalities rather than IN: store/direct runs it without expanding an IN list.
+        .where(steps.c.run_id == bindparam("run_id"), or_(*(steps.c.status == s.value for s in statuses)))
+        .limit(1)
+        .exists()
+    )
+
+
+_FAILED_OR_ACTIVE = select(_exists_in(S.FAILED), _exists_in(S.QUEUED, S.RUNNING))
 _UNFINISHED = (
     select(*_STATE_COLUMNS)
     .where(
@@ -206,8 +236,8 @@ def set_steps_status(
         query = query.where(steps.c.key.in_(keys))
     moved = conn.execute(query.values(status=target.value, **fields).returning(steps.c.key)).scalars()
     result = list(moved)
-    if target is S.QUEUED and result:
-        touch(conn, "steps")
+    if target is S.QUEUED:
+        _announce_queued(conn, run_id, result)
     return result
 
 
@@ -248,6 +278,12 @@ def claim_steps(
         flow_filter += " AND steps.run_id = :run_id"
         params["run_id"] = run_id
     query = _CLAIM_CANDIDATES.format(flows=flow_filter) + dialect_of(conn).lock_clause()
+    if limit == 1:
+        # The common claim (a chain's next step, one free slot) picks and claims in one statement.
+        params.update(
+            {"token": new_lease_token(), "worker": worker_id, "expires": now + lease_s, "lease": lease_s}
+        )
+        return direct.rows(conn, _claim_one(query), params)
     candidates = list(conn.execute(_candidates(query), params).scalars())
     claimed = []
     for step_id in candidates:
@@ -270,6 +306,19 @@ def claim_steps(
 @lru_cache(maxsize=256)
 def _candidates(query: str) -> Any:
     return text(query)
+
+
+@lru_cache(maxsize=256)
+def _claim_one(candidates: str) -> Any:
+    """`_CLAIM` for the one step `candidates` picks (PostgreSQL: locked with SKIP LOCKED)."""
+    columns = ", ".join(f'"{column.name}"' for column in steps.c)
+    return text(
+        "UPDATE steps SET status = 'running', attempt = attempt + 1, lease_token = :token,"
+        " claimed_by = :worker, lease_expires_at = :expires,"
+        " deadline_at = CASE WHEN timeout_s IS NOT NULL THEN :now + timeout_s + :lease ELSE NULL END,"
+        " heartbeat_at = :now, started_at = :now, finished_at = NULL"
+        f" WHERE id = ({candidates}) AND status = 'queued' RETURNING {columns}"
+    ).columns(*steps.c)
 
 
 _CLAIM = (
@@ -307,7 +356,7 @@ _HOLD_LEASE = (
 
 def hold_lease(conn: Connection, step_id: str, token: str) -> Row[Any] | None:
     """The fence: lock the step iff `token` is still its live lease; None means the lease is lost."""
-    return conn.execute(_HOLD_LEASE, {"step_id": step_id, "token": token, "now": db_now(conn)}).first()
+    return direct.first(conn, _HOLD_LEASE, {"step_id": step_id, "token": token, "now": db_now(conn)})
 
 
 def finish_step(
@@ -316,7 +365,7 @@ def finish_step(
     """Record a running step's end, only while `token` is still its lease."""
     params = {f"v_{name}": value for name, value in fields.items()}
     params.update({"step_id": step_id, "token": token, "now": db_now(conn)})
-    return conn.execute(_finish_statement(target.value, tuple(sorted(fields))), params).first()
+    return direct.first(conn, _finish_statement(target.value, tuple(sorted(fields))), params)
 
 
 @lru_cache(maxsize=64)

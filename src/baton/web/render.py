@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nh3
 from fastapi import Request, Response
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
@@ -75,9 +76,30 @@ def _markdown() -> MarkdownIt:
 _MD = _markdown()
 
 
+#: what rendered Markdown may contain after nh3 (no img, no style: the CSP forbids both anyway)
+SAFE_TAGS = frozenset(
+    "a p br hr h1 h2 h3 h4 h5 h6 em strong del s code pre blockquote ul ol li "
+    "table thead tbody tr th td".split()
+)
+
+
 def markdown_html(text: str) -> Markup:
-    """Markdown to HTML with every raw tag escaped and only http(s)/mailto/relative links kept."""
-    return Markup(_MD.render(text))
+    """Markdown to HTML with every raw tag escaped and only http(s)/mailto/relative links kept.
+
+    nh3 (ammonia) then keeps only the tags and attributes Markdown makes: a second, independent
+    layer, so a markdown-it option or plugin that let raw HTML or a `javascript:` link through
+    would still not reach the page.
+    """
+    return Markup(
+        nh3.clean(
+            _MD.render(text),
+            tags=set(SAFE_TAGS),
+            attributes={"a": {"href", "title"}, "ol": {"start"}, "code": {"class"}},
+            url_schemes={"http", "https", "mailto"},
+            link_rel="noopener noreferrer nofollow",
+            set_tag_attribute_values={"a": {"target": "_blank"}},
+        )
+    )
 
 
 def artifact_html(name: str, media_type: str, content: bytes) -> Markup:

@@ -131,7 +131,15 @@ async def _page(
     )
     chosen = request.query_params.get("project")
     if chosen and chosen in viewer.roles:
-        response.set_cookie(PROJECT_COOKIE, chosen, max_age=365 * 86400, samesite="lax", path="/")
+        response.set_cookie(
+            PROJECT_COOKIE,
+            chosen,
+            max_age=365 * 86400,
+            samesite="lax",
+            path="/",
+            httponly=True,  # only the server reads it
+            secure=request.url.scheme == "https",
+        )
     return response
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, select
 
 from baton.api.convert import input_out, run_out
 from baton.api.dependencies import Caller, Rt, visible_run
+from baton.api.routes.runs import IdempotencyKey
 from baton.api.schemas import AnswerBody, InputRequestOut, RunOut
 from baton.domain.errors import NotFound
 from baton.store import inputs as input_store
@@ -39,8 +40,13 @@ async def list_inputs(
 
 
 @router.post("/{request_id}/answer", response_model=RunOut, operation_id="answer_input")
-async def answer_input(request_id: str, body: AnswerBody, who: Caller, rt: Rt) -> RunOut:
-    """Answer a pending request; the answer must satisfy its schema. The run moves on at once."""
+async def answer_input(
+    request_id: str, body: AnswerBody, who: Caller, rt: Rt, idempotency_key: IdempotencyKey = None
+) -> RunOut:
+    """Answer a pending request; the answer must satisfy its schema. The run moves on at once.
+
+    With the `Idempotency-Key` of the answer that was accepted, a retry returns the run (200), not a 409.
+    """
     request = await rt.db.read(input_store.get_request, request_id)
     if request is None:
         raise NotFound(f"input request {request_id} not found")
@@ -48,4 +54,7 @@ async def answer_input(request_id: str, body: AnswerBody, who: Caller, rt: Rt) -
         await visible_run(rt, who, request.run_id, "member")
     except NotFound:
         raise NotFound(f"input request {request_id} not found") from None
-    return run_out(await rt.lifecycle.answer(request_id, body.answer, by=who.user_name))
+    answered = await rt.lifecycle.answer(
+        request_id, body.answer, by=who.user_name, idempotency_key=idempotency_key
+    )
+    return run_out(answered)

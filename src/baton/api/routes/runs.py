@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,7 +23,7 @@ from baton.api.schemas import (
     RunPage,
     TransitionBody,
 )
-from baton.domain.errors import NotFound, UsageError
+from baton.domain.errors import InvalidInputs, NotFound, UsageError
 from baton.domain.status import RunStatus
 from baton.engine.lifecycle import RunRequest
 from baton.engine.scheduler import is_stalled
@@ -59,6 +60,21 @@ def _responses(status: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"links": RUN_LINKS}}
 
 
+#: The `Idempotency-Key` request header: a retry with the same key replays the first answer.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=150)]
+
+
+def one_key(header: str | None, body: str | None) -> str | None:
+    """The idempotency key from the header or the body; both may be given only when they agree."""
+    if header is not None and body is not None and header != body:
+        message = (
+            f"the Idempotency-Key header ({header!r}) and the body's idempotency_key ({body!r}) differ: "
+            "send one of them, or the same key in both"
+        )
+        raise InvalidInputs(message, [{"field": "idempotency_key", "message": message}])
+    return header if header is not None else body
+
+
 @router.post("", status_code=201, response_model=RunOut, operation_id="create_run", responses=_responses(201))
 async def create_run(
     body: RunCreate,
@@ -83,7 +99,7 @@ async def create_run(
             title=body.title,
             band=body.band,
             source=body.source,
-            idempotency_key=body.idempotency_key or idempotency_key,
+            idempotency_key=one_key(idempotency_key, body.idempotency_key),
             confirm=body.confirm,
             priority=body.priority,
             timeout_s=body.timeout_s,
@@ -179,11 +195,23 @@ async def confirm_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | N
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, operation_id="cancel_run")
-async def cancel_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | None = None) -> RunOut:
-    """Cancel: at once when nothing runs; otherwise in-flight steps stop within a heartbeat."""
+async def cancel_run(
+    run_id: str,
+    who: Caller,
+    rt: Rt,
+    body: TransitionBody | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    """Cancel: at once when nothing runs; otherwise in-flight steps stop within a heartbeat.
+
+    Cancelling a cancelled run is a no-op; with the `Idempotency-Key` of an accepted cancel, so is
+    cancelling a run that finished after it.
+    """
     await visible_run(rt, who, run_id, "member")
     reason = body.reason if body else ""
-    return run_out(await rt.lifecycle.cancel(run_id, reason=reason, by=who.user_name))
+    return run_out(
+        await rt.lifecycle.cancel(run_id, reason=reason, by=who.user_name, idempotency_key=idempotency_key)
+    )
 
 
 @router.post(
@@ -193,19 +221,33 @@ async def cancel_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | No
     operation_id="retry_run",
     responses=_responses(201),
 )
-async def retry_run(run_id: str, who: Caller, rt: Rt, body: RetryBody | None = None) -> RunOut:
-    """A new run with the same flow, inputs and policy request; `retry_of` names this one."""
+async def retry_run(
+    run_id: str, who: Caller, rt: Rt, body: RetryBody | None = None, idempotency_key: IdempotencyKey = None
+) -> RunOut:
+    """A new run with the same flow, inputs and policy request; `retry_of` names this one.
+
+    The same idempotency key (header `Idempotency-Key` or body `idempotency_key`) returns the same new run.
+    """
+    key = one_key(idempotency_key, body.idempotency_key if body else None)
     run = await visible_run(rt, who, run_id, "member")
     admin = run.project_id is not None and who.can(run.project_id, "admin")
-    key = body.idempotency_key if body else None
     return run_out(await rt.lifecycle.retry(run_id, by=who.user_id, idempotency_key=key, may_loosen=admin))
 
 
 @router.post("/{run_id}/resume", response_model=RunOut, operation_id="resume_run")
-async def resume_run(run_id: str, who: Caller, rt: Rt, body: TransitionBody | None = None) -> RunOut:
-    """Re-queue a failed run's failed steps; succeeded steps are kept."""
+async def resume_run(
+    run_id: str,
+    who: Caller,
+    rt: Rt,
+    body: TransitionBody | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    """Re-queue a failed run's failed steps; succeeded steps are kept.
+
+    With the `Idempotency-Key` of the resume that was accepted, a retry returns the run (200), not a 409.
+    """
     await visible_run(rt, who, run_id, "member")
-    return run_out(await rt.lifecycle.resume(run_id, by=who.user_name))
+    return run_out(await rt.lifecycle.resume(run_id, by=who.user_name, idempotency_key=idempotency_key))
 
 
 @router.post(
@@ -258,12 +300,14 @@ async def get_artifact(run_id: str, artifact_id: str, who: Caller, rt: Rt) -> Re
     row = await rt.db.read(artifact_store.get_artifact, artifact_id)
     if row is None or row.run_id != run_id:
         raise NotFound(f"artifact {artifact_id} not found in run {run_id}")
-    safe_name = row.name.replace('"', "")
+    # An ASCII fallback and the exact name (RFC 6266); a header holds only latin-1.
+    plain = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in row.name)
+    disposition = f"inline; filename=\"{plain}\"; filename*=UTF-8''{quote(row.name, safe='')}"
     return Response(
         content=bytes(row.content),
         media_type=row.media_type,
         headers={
-            "Content-Disposition": f'inline; filename="{safe_name}"',
+            "Content-Disposition": disposition,
             "X-Content-Type-Options": "nosniff",
             # Agent-made content (HTML, SVG…) opened by itself must not run script on this origin,
             # where the dashboard's session lives.

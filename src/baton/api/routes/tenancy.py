@@ -133,8 +133,14 @@ def _token_out(row: Any) -> dict[str, Any]:
 
 @router.get("/tokens", response_model=list[TokenOut], operation_id="list_tokens")
 async def list_tokens(who: Caller, rt: Rt) -> list[TokenOut]:
-    """The caller's own tokens (never their secrets)."""
-    return [TokenOut(**_token_out(r)) for r in await rt.db.read(tenancy_store.list_tokens, who.user_id)]
+    """The caller's own tokens (never their secrets); a project token sees its project's only."""
+    rows = await rt.db.read(tenancy_store.list_tokens, who.user_id)
+    return [TokenOut(**_token_out(r)) for r in rows if _token_visible(who, r)]
+
+
+def _token_visible(who: Principal, row: Any) -> bool:
+    """A project token is limited to its project: it neither sees nor mints wider tokens."""
+    return who.token_project is None or row.project_id == who.token_project
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated, operation_id="create_token")
@@ -142,6 +148,8 @@ async def create_token(body: TokenCreate, who: Caller, rt: Rt) -> TokenCreated:
     """A new token for the caller, optionally limited to one of its projects and in time."""
     if body.project_id is not None and body.project_id not in who.roles:
         raise NotFound(f"project {body.project_id} not found")
+    # A project token makes tokens of its own project only (else it could mint a user-wide one).
+    project_id = body.project_id if who.token_project is None else who.token_project
     secret = new_token()
 
     def create(conn: Connection) -> Any:
@@ -152,7 +160,7 @@ async def create_token(body: TokenCreate, who: Caller, rt: Rt) -> TokenCreated:
             body.name,
             hash_token(secret),
             token_display_prefix(secret),
-            project_id=body.project_id,
+            project_id=project_id,
             expires_at=expires,
         )
         return tenancy_store.get_token(conn, token_id)
@@ -167,7 +175,7 @@ async def revoke_token(token_id: str, who: Caller, rt: Rt) -> TokenOut:
 
     def revoke(conn: Connection) -> Any:
         row = tenancy_store.get_token(conn, token_id)
-        if row is None or (row.user_id != who.user_id and not who.is_admin):
+        if row is None or (row.user_id != who.user_id and not who.is_admin) or not _token_visible(who, row):
             raise NotFound(f"token {token_id} not found")
         tenancy_store.revoke_token(conn, token_id)
         return tenancy_store.get_token(conn, token_id)

@@ -127,6 +127,14 @@
         ? B.el("span", { class: "meta-item reason" }, run.status_reason)
         : null,
       B.el("span", { class: "meta-item" }, B.el("span", { class: "muted" }, "flow "), B.el("code", {}, run.flow)),
+      run.schedule_id
+        ? B.el(
+            "span",
+            { class: "meta-item schedule", title: `made by schedule ${run.schedule_id}` },
+            B.el("span", { class: "muted" }, "scheduled by "),
+            B.el("code", {}, run.schedule_id)
+          )
+        : null,
       run.band ? B.el("span", { class: "meta-item" }, B.el("span", { class: "muted" }, "band "), run.band) : null,
       ...progressBits(run),
       B.el("span", { class: "meta-item" }, B.el("span", { class: "muted" }, "created "), B.timeEl(run.created_at), by ? ` by ${by}` : ""),

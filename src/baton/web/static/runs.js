@@ -150,6 +150,7 @@
     if (run.stalled) flags.push(B.el("span", { class: "flag warn", title: "running, but no step has sent a heartbeat for the stall threshold" }, B.icon("warn"), "stalled"));
     if (run.cancel_requested && !B.TERMINAL.has(run.status)) flags.push(B.el("span", { class: "flag" }, "cancelling"));
     if (run.retry_of) flags.push(B.el("span", { class: "flag muted" }, "retry"));
+    if (run.schedule_id) flags.push(B.el("span", { class: "flag muted", title: `made by schedule ${run.schedule_id}` }, "scheduled"));
     const by = B.who(run.created_by);
     return B.el(
       "li",
