@@ -88,6 +88,16 @@ def test_a_failing_template_yields_a_plain_report_saying_why(template: str, reas
     assert "## check — failed\n\nError: too short\n" in report
 
 
+def test_a_compiled_template_is_reused_with_each_runs_own_values() -> None:
+    template = "{{ run.title }}: {% for s in steps %}{{ s.key }} {% endfor %}"
+    first = render_report(template, run=RUN, steps=STEPS)
+    second = render_report(template, run={**RUN, "title": "Dogs"}, steps=STEPS[:1])
+    assert (first, second) == ("Cats: draft check ", "Dogs: draft ")
+    # A broken template is not cached as broken or as fixed: it fails the same way each time.
+    for _ in range(2):
+        assert "syntax error on line 1" in render_report("{% for %}", run=RUN, steps=STEPS)
+
+
 def test_the_sandbox_blocks_reaching_python_internals() -> None:
     report = render_report("{{ steps.__class__.__subclasses__() }}", run=RUN, steps=STEPS)
     assert "subclasses" not in report.split("Reason:", 1)[0]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 #: Structured output longer than this is cut in the report; the full output stays on the step.
@@ -42,6 +43,14 @@ def _environment() -> SandboxedEnvironment:
 _ENV = _environment()
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str) -> Template:
+    # Compiling a template costs milliseconds, more than the rest of a short run's end
+    # (bench/engine.py, issue 7); a flow's template is the same for all its runs. A template
+    # that does not compile raises here every time (errors are not cached) and gets the fallback.
+    return _ENV.from_string(template)
+
+
 def render_report(template: str, *, run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> str:
     """Render `template` with `run`, `steps` and `by_key` (steps by key).
 
@@ -50,7 +59,7 @@ def render_report(template: str, *, run: Mapping[str, Any], steps: Sequence[Mapp
     """
     rows = [_with_text(step) for step in steps]
     try:
-        return _ENV.from_string(template).render(run=run, steps=rows, by_key={s.get("key"): s for s in rows})
+        return _compiled(template).render(run=run, steps=rows, by_key={s.get("key"): s for s in rows})
     except Exception as error:  # a user's template may fail in any way; see the docstring
         return _fallback(run, rows, error)
 

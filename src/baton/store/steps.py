@@ -150,7 +150,11 @@ def get_step(conn: Connection, step_id: str) -> Row[Any] | None:
 
 
 def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
-    return list(conn.execute(select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)))
+    """Every step of the run in order (a run's start and end, snapshots: hundreds of rows at a time)."""
+    return direct.rows(conn, _LOAD_STEPS, {"run_id": run_id})
+
+
+_LOAD_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
 
 
 def load_outputs(conn: Connection, run_id: str, keys: Sequence[str]) -> list[Row[Any]]:
