@@ -436,9 +436,12 @@ def _pool_setting(name: str, default: int) -> int:
 
 #: connections a process keeps open to PostgreSQL, and how many more it may open in a burst; every
 #: process (API server, worker) has its own pool, so N processes may hold N x (size + overflow)
-#: connections: keep that under the server's max_connections
+#: connections: keep that under the server's max_connections. No burst by default: an overflow
+#: connection is closed as soon as it is returned, so under steady load the pool opened and
+#: closed connections all the time (a new backend process each), and live streams on PostgreSQL
+#: waited 0.4 s at the median for it; with 10 connections kept, 85 ms (bench/stream.py, issue 7).
 PG_POOL_SIZE = _pool_setting("BATON_PG_POOL_SIZE", 10)
-PG_MAX_OVERFLOW = _pool_setting("BATON_PG_MAX_OVERFLOW", 20)
+PG_MAX_OVERFLOW = _pool_setting("BATON_PG_MAX_OVERFLOW", 0)
 
 
 def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:
