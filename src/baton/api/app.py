@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from baton import redaction
+from baton import heap, redaction
 from baton.api import problems
 from baton.api.bootstrap import bootstrap_if_empty
 from baton.api.dependencies import RateLimiter
@@ -150,6 +150,7 @@ def create_app(settings: ServerSettings, *, catalog: Catalog | None = None) -> F
             if not app.state.workers:
                 tasks.append(asyncio.create_task(_reap_forever(app), name="baton-api-reaper"))
             tasks.append(asyncio.create_task(_flush_token_use(app), name="baton-token-use"))
+            heap.freeze_startup_objects()
             try:
                 yield
             finally:

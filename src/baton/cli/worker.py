@@ -89,6 +89,9 @@ async def _work(where: Target, *, concurrency: int, lease: float, poll: float, u
                 redact(rt.db.url),
                 ", ".join(rt.catalog.names()) or "none",
             )
+            from baton import heap
+
+            heap.freeze_startup_objects()
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
