@@ -25,13 +25,15 @@ class WebhookSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: how often an idle delivery service looks for due retries
     poll_s: float = 1.0
+    #: BATON_WEBHOOKS_KEEP_DAYS: how long finished deliveries (succeeded or failed) stay listed
+    keep_days: float = 30.0
 
 
 def webhook_settings_from_env() -> WebhookSettings:
     """BATON_WEBHOOKS_* variables over the defaults; read by the API and by every worker's service."""
     env = os.environ
     numbers: dict[str, float] = {}
-    for name in ("TIMEOUT_S", "MAX_ATTEMPTS", "RETRY_BASE_S", "MAX_AGE_S", "POLL_S"):
+    for name in ("TIMEOUT_S", "MAX_ATTEMPTS", "RETRY_BASE_S", "MAX_AGE_S", "POLL_S", "KEEP_DAYS"):
         raw = env.get(f"BATON_WEBHOOKS_{name}")
         if raw:
             try:
@@ -47,11 +49,15 @@ def webhook_settings_from_env() -> WebhookSettings:
         )
     except ValueError as error:
         raise UsageError(f"BATON_WEBHOOKS_* retry settings are not valid: {error}") from error
+    keep_days = numbers.get("KEEP_DAYS", 30.0)
+    if keep_days <= 0:
+        raise UsageError(f"BATON_WEBHOOKS_KEEP_DAYS must be a positive number of days, got {keep_days:g}")
     return WebhookSettings(
         allow_private=env.get("BATON_WEBHOOKS_ALLOW_PRIVATE", "").strip().lower() in ("1", "true", "yes"),
         timeout_s=numbers.get("TIMEOUT_S", 10.0),
         retry=retry,
         poll_s=numbers.get("POLL_S", 1.0),
+        keep_days=keep_days,
     )
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
-from baton.config import WebhookSettings
+from baton.config import WebhookSettings, webhook_settings_from_env
+from baton.domain.errors import UsageError
 from baton.domain.webhooks import RetryPolicy, verify_signature
 from baton.engine.lifecycle import RunRequest
 from baton.engine.webhooks import WebhookService
@@ -31,6 +33,7 @@ from baton.runtime import Runtime, open_runtime
 from baton.store import tenancy
 from baton.store import webhooks as store
 from baton.store.clock import db_now
+from baton.store.schema import webhook_deliveries
 
 SECRET = "whsec_test_secret_0123456789"
 
@@ -380,3 +383,46 @@ def _rewind_to_start(conn: Any) -> None:
     from baton.store.schema import webhook_cursors
 
     conn.execute(update(webhook_cursors).values(position="-1.0"))
+
+
+async def test_finished_deliveries_are_pruned_after_the_retention_and_pending_ones_kept(rt: Runtime) -> None:
+    webhook_id = await add_webhook(rt, "http://127.0.0.1:9/hook", ["*"])
+    pings = [(await rt.db.write(store.add_ping, webhook_id, "p1")).id for _ in range(4)]
+    day = 86400.0
+    shapes = {  # status, ended (days ago); the pending one was made 40 days ago and never ended
+        pings[0]: (store.SUCCEEDED, 40.0),
+        pings[1]: (store.FAILED, 31.0),
+        pings[2]: (store.SUCCEEDED, 29.0),
+        pings[3]: (store.PENDING, None),
+    }
+
+    def age(conn: Any) -> None:
+        now = db_now(conn)
+        for delivery_id, (status, ended) in shapes.items():
+            conn.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == delivery_id)
+                .values(
+                    status=status,
+                    created_at=now - 40 * day,
+                    finished_at=None if ended is None else now - ended * day,
+                )
+            )
+
+    await rt.db.write(age)
+    service = WebhookService(rt.db, dataclasses.replace(FAST, keep_days=30))
+    assert await service.prune_once() == 2
+    left = {row.id for row in await rt.db.read(store.list_deliveries, webhook_id)}
+    assert left == {pings[2], pings[3]}
+    assert await service.prune_once() == 0
+
+
+def test_the_retention_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_WEBHOOKS_KEEP_DAYS", "7")
+    assert webhook_settings_from_env().keep_days == 7
+    monkeypatch.setenv("BATON_WEBHOOKS_KEEP_DAYS", "0")
+    with pytest.raises(UsageError, match="BATON_WEBHOOKS_KEEP_DAYS must be a positive number of days"):
+        webhook_settings_from_env()
+    monkeypatch.setenv("BATON_WEBHOOKS_KEEP_DAYS", "a month")
+    with pytest.raises(UsageError, match="BATON_WEBHOOKS_KEEP_DAYS must be a number"):
+        webhook_settings_from_env()

@@ -48,6 +48,9 @@ _DISPATCH_BATCH = 500
 _DISPATCH_DEBOUNCE_S = 0.1
 #: how long a stopping worker lets in-flight attempts finish before handing them back
 _STOP_GRACE_S = 2.0
+#: finished deliveries are pruned about this often (jittered, so that workers spread out), in batches
+_PRUNE_EVERY_S = 3600.0
+_PRUNE_BATCH = 1000
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -97,6 +100,7 @@ class WebhookService:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._dispatch_forever(), name="baton-webhook-dispatch")
                 group.create_task(self._deliver_forever(http), name="baton-webhook-deliver")
+                group.create_task(self._prune_forever(), name="baton-webhook-prune")
 
     def _http(self) -> httpx.AsyncClient:
         # No redirects (a 3xx could point anywhere, past the address check) and no proxies from
@@ -188,6 +192,36 @@ class WebhookService:
             for row in stopped.values():
                 with contextlib.suppress(BatonError):
                     await self.db.write(store.release, row.id, row.lease_token)
+
+    # --- retention -------------------------------------------------------------------------------
+
+    async def prune_once(self) -> int:
+        """Delete the deliveries that ended more than `keep_days` ago; returns how many."""
+        pruned = 0
+        while True:
+            batch = await self.db.write(store.prune_finished, self.settings.keep_days * 86400.0, _PRUNE_BATCH)
+            pruned += batch
+            if batch < _PRUNE_BATCH:
+                return pruned
+
+    async def _prune_forever(self) -> None:
+        # Not at start-up: a worker that starts and stops often should not pay for it each time.
+        while True:
+            await asyncio.sleep(_PRUNE_EVERY_S * (0.5 + random.random()))
+            try:
+                pruned = await self.prune_once()
+            except Exception as error:  # logged and tried again later: a service that dies stops its worker
+                logger.warning(
+                    "webhook delivery pruning failed: %s", error, extra={"action": "webhook.prune_failed"}
+                )
+                continue
+            if pruned:
+                logger.info(
+                    "deleted %d webhook deliveries older than %g days",
+                    pruned,
+                    self.settings.keep_days,
+                    extra={"action": "webhook.pruned"},
+                )
 
     async def _claim(self, limit: int) -> list[Any]:
         """Claim due deliveries; if the worker stops meanwhile, the claimed ones are handed back."""

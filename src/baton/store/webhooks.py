@@ -447,3 +447,21 @@ def next_due_in(conn: Connection) -> float | None:
         .limit(1)
     ).scalar_one_or_none()
     return None if earliest is None else max(0.0, float(earliest) - db_now(conn))
+
+
+def prune_finished(conn: Connection, older_than_s: float, limit: int = 1000) -> int:
+    """Delete up to `limit` deliveries that ended (succeeded or failed) over `older_than_s` ago.
+
+    Pending ones stay whatever their age. The dispatcher's cursor is long past their events, so a
+    pruned delivery is never made again.
+    """
+    cutoff = db_now(conn) - older_than_s
+    old = (
+        select(webhook_deliveries.c.id)
+        .where(
+            webhook_deliveries.c.status.in_([SUCCEEDED, FAILED]),
+            webhook_deliveries.c.finished_at < cutoff,
+        )
+        .limit(limit)
+    )
+    return int(conn.execute(delete(webhook_deliveries).where(webhook_deliveries.c.id.in_(old))).rowcount)
