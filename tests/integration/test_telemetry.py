@@ -248,6 +248,30 @@ async def test_an_otlp_endpoint_receives_the_traces_when_the_worker_exits(sqlite
     assert all(content_type == "application/x-protobuf" and size > 0 for _, content_type, size in traces)
 
 
+def test_baton_run_in_local_mode_exports_its_trace_at_exit(sqlite_url: str) -> None:
+    _Receiver.received = []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "baton", "run", "otel_plain", "--no-confirm", "--database", sqlite_url]
+            + ["--flows", "tests.integration.test_telemetry"],
+            cwd=ROOT,
+            env=_env_without_otel(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    traces = [r for r in _Receiver.received if r[0] == "/v1/traces"]
+    assert traces, f"no export reached the receiver: {_Receiver.received}"
+
+
 # --- pure decisions ---------------------------------------------------------------------------------
 
 

@@ -124,6 +124,11 @@ def run(
             )
         )
     else:
+        from baton import telemetry
+
+        # The in-process worker runs the steps here: with an OTLP endpoint set, trace them as a
+        # `baton worker` would (flushed at exit; nothing is imported when no endpoint is set).
+        telemetry.configure_from_env()
         code = execute(
             lambda: _run(
                 where,
