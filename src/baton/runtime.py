@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from baton import telemetry
 from baton.engine.lifecycle import Lifecycle
 from baton.engine.worker import Worker, WorkerSettings
 from baton.flows.catalog import Catalog, default_sources, load_catalog
@@ -39,6 +40,7 @@ async def open_runtime(
         else load_catalog(flow_sources if flow_sources is not None else default_sources())
     )
     db = await Database.open(database_url, upgrade=upgrade)
+    db.run_end_hooks.append(telemetry.runs_ended)  # a run's root span, when tracing is on
     try:
         yield Runtime(db=db, catalog=catalog, lifecycle=Lifecycle(db, catalog, server_policy))
     finally:

@@ -170,6 +170,24 @@ async def test_a_failed_model_call_is_an_error_span_and_the_run_span_says_why(
     assert root.context.trace_id == telemetry.trace_id_of(run["id"])
 
 
+async def test_a_run_cancelled_before_any_step_ran_still_has_its_run_span(
+    database_url: str, exported: tuple[Any, Any]
+) -> None:
+    spans, _ = exported
+    async with open_runtime(database_url, catalog=Catalog(FLOWS), upgrade=False) as rt:
+        run = await rt.lifecycle.create_run(RunRequest(flow="otel_plain"))
+        cancelled = await rt.lifecycle.cancel(run["id"], reason="not needed", by="alice")
+    assert cancelled["status"] == "cancelled"
+    [root] = [s for s in spans.get_finished_spans() if s.name == "run otel_plain"]
+    assert root.parent is None
+    assert (root.context.trace_id, root.context.span_id) == (
+        telemetry.trace_id_of(run["id"]),
+        telemetry.run_span_id_of(run["id"]),
+    )
+    assert root.attributes["baton.run.status"] == "cancelled"
+    assert root.status.description == "cancelled by alice: not needed"
+
+
 # --- the real process: off costs nothing, on exports at exit ------------------------------------------
 
 

@@ -156,6 +156,8 @@ class Database:
         self.topics = Topics()
         #: the events this process committed last, for live run streams (store/recent_events.py)
         self.recent_events = RecentEvents()
+        #: called after each commit that ended runs, with their rows as the transaction left them
+        self.run_end_hooks: list[Callable[[list[Any]], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self.busy_retries = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
@@ -223,6 +225,13 @@ class Database:
         """Run `fn(conn, …)` in one write transaction (SQLite: BEGIN IMMEDIATE), retried on contention."""
         return await self._transaction(False, fn, *args, **kwargs)
 
+    def _runs_ended(self, ended: list[Any]) -> None:
+        for hook in self.run_end_hooks:
+            try:
+                hook(ended)
+            except Exception:  # a hook (tracing) never fails the transaction that already committed
+                logger.exception("a run-end hook failed", extra={"action": "store.run_end_hook_failed"})
+
     async def read(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn(conn, …)` in one read transaction."""
         return await self._transaction(True, fn, *args, **kwargs)
@@ -232,24 +241,27 @@ class Database:
     ) -> T:
         dialect = self.dialect
 
-        def body(conn: Connection) -> tuple[T, set[str], list[RecentEvent]]:
+        def body(conn: Connection) -> tuple[T, set[str], list[RecentEvent], list[Any]]:
             # A retried transaction must not reuse the clock or markers of the failed one.
-            for key in ("baton_topics", "baton_tx", "baton_now", "baton_queued", "baton_appended"):
+            for key in _TRANSACTION_MARKERS:
                 conn.info.pop(key, None)
             result = fn(conn, *args, **kwargs)
             topics: set[str] = conn.info.pop("baton_topics", set())
             appended: list[RecentEvent] = conn.info.pop("baton_appended", [])
+            ended: list[Any] = conn.info.pop("baton_ended_runs", [])
             conn.info.pop("baton_tx", None)
             conn.info.pop("baton_now", None)
             conn.info.pop("baton_queued", None)
             if topics:
                 dialect.notify(conn, topics)
-            return result, topics, appended
+            return result, topics, appended, ended
 
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                result, topics, appended = await _uninterrupted(self._attempt(read_only, body))
+                result, topics, appended, ended = await _uninterrupted(self._attempt(read_only, body))
+                if ended:
+                    self._runs_ended(ended)
                 if appended:
                     # Before the wake-up: a stream woken by this commit finds its events here.
                     self.recent_events.publish(appended)
@@ -337,6 +349,15 @@ class Database:
 
 
 _GROUP_COMMIT_MAX = 64
+#: what one transaction leaves in `Connection.info` for the code around it
+_TRANSACTION_MARKERS = (
+    "baton_topics",
+    "baton_tx",
+    "baton_now",
+    "baton_queued",
+    "baton_appended",
+    "baton_ended_runs",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from sqlalchemy import (
     update,
 )
 
-from baton.domain.status import RunStatus
+from baton.domain.status import TERMINAL_RUN_STATUSES, RunStatus
 from baton.store import direct
 from baton.store.clock import db_now
 from baton.store.database import touch
@@ -88,6 +88,9 @@ def transition_run(
     ).first()
     if row is not None:
         touch(conn, "runs", f"run:{run_id}")
+        if target in TERMINAL_RUN_STATUSES:
+            # For the run-end hooks (tracing) once the transaction has committed.
+            conn.info.setdefault("baton_ended_runs", []).append(row)
     return row
 
 

@@ -140,6 +140,20 @@ def model_span(request: StepRequest, run_id: str) -> ModelCall:
     return _otel.ModelSpan(request, run_id)
 
 
+def runs_ended(runs: list[Any]) -> None:
+    """After a commit that ended these runs (rows as it left them): each run's root span.
+
+    Whichever process ends a run emits its span: the worker whose step finished it, the API that
+    cancelled it while it was queued or waiting, a reaper that failed it.
+    """
+    if not ENABLED:
+        return
+    from baton.telemetry import _otel
+
+    for run in runs:
+        _otel.emit_run_span(run)
+
+
 # --- the switch ----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from baton.domain.status import TERMINAL_RUN_STATUSES
 from baton.telemetry import model_of, run_span_id_of, trace_id_of
 
 if TYPE_CHECKING:
@@ -148,10 +147,9 @@ class StepSpan:
         self.name = f"step {row.key}"
         self.span: trace.Span | None = None
         self.token: object = None
-        #: what the final write found: the step's outcome and error, and the run if it just ended
+        #: what the final write found: the step's outcome and error
         self.outcome: str | None = None
         self.error: str | None = None
-        self.ended_run: Any = None
 
     def __enter__(self) -> StepSpan:
         self.span = _tracer().start_span(
@@ -177,31 +175,19 @@ class StepSpan:
         elif outcome != "stale":
             self.span.set_status(Status(StatusCode.ERROR, self.error or outcome))
         self.span.end()
-        if self.ended_run is not None:
-            emit_run_span(self.ended_run)
 
     def watch(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def body(conn: Connection, *args: Any) -> Any:
-            from baton.store import runs as run_store
             from baton.store import steps as step_store
 
-            self.outcome = self.error = self.ended_run = None  # the store may retry the transaction
-            # The run row is locked first, as the body itself does, so the order of locks is unchanged.
-            before = run_store.lock_run(conn, self.run_id)
+            self.outcome = self.error = None  # the store may retry the transaction
             result = fn(conn, *args)
+            # If the write ended the run, its span comes from the store's run-end hook.
             step = step_store.get_step(conn, self.step_id)
             if step is not None:
                 mine = step.attempt == self.attempt and step.status != "running"
                 self.outcome = _OUTCOMES.get(step.status, step.status) if mine else "stale"
                 self.error = step.error if mine and step.status != "succeeded" else None
-            after = run_store.get_run(conn, self.run_id)
-            if (
-                before is not None
-                and after is not None
-                and before.status not in TERMINAL_RUN_STATUSES
-                and after.status in TERMINAL_RUN_STATUSES
-            ):
-                self.ended_run = after  # this transaction ended the run: we emit its span
             return result
 
         return body
