@@ -26,15 +26,6 @@ ProjectOpt = Annotated[
 ]
 
 
-def _epoch(value: Any) -> float | None:
-    """Local rows carry epoch seconds, the API ISO strings; `when` wants seconds."""
-    if value is None or isinstance(value, int | float):
-        return value
-    from datetime import datetime
-
-    return datetime.fromisoformat(str(value)).timestamp()
-
-
 async def _local(where: Target, op: str, **kw: Any) -> Any:
     """The operation on the database here: the same checks as the API, no roles (you own the file)."""
     from baton.config import webhook_settings_from_env
@@ -76,15 +67,17 @@ async def _local(where: Target, op: str, **kw: Any) -> Any:
 
 
 async def _remote(where: Target, op: str, **kw: Any) -> Any:
-    from baton.cli.backend import explain, make_client
-    from baton.domain.errors import BatonError
+    from baton.cli.backend import call, make_client
 
     client = make_client(where)
+    server = client.server
     try:
         if op == "ls":
-            return client.list_webhooks(kw["project"])
+            return await call(server, client.list_webhooks, kw["project"])
         if op == "create":
-            return client.create_webhook(
+            return await call(
+                server,
+                client.create_webhook,
                 kw["project"],
                 kw["url"],
                 kw["event_types"],
@@ -92,10 +85,10 @@ async def _remote(where: Target, op: str, **kw: Any) -> Any:
                 description=kw["description"],
             )
         if op == "rm":
-            return client.delete_webhook(kw["webhook_id"])
-        return client.webhook_deliveries(kw["webhook_id"], status=kw["status"], limit=kw["limit"])
-    except BatonError as error:
-        raise explain(error, where.server or "") from None
+            return await call(server, client.delete_webhook, kw["webhook_id"])
+        return await call(
+            server, client.webhook_deliveries, kw["webhook_id"], status=kw["status"], limit=kw["limit"]
+        )
     finally:
         client.close()
 
@@ -119,6 +112,8 @@ def list_webhooks(
     async def body() -> None:
         from rich.table import Table
 
+        from baton.cli.backend import epoch
+
         rows = await _do(where, "ls", project=project)
         if not rows:
             console.print("[dim]no webhooks[/]")
@@ -133,7 +128,7 @@ def list_webhooks(
                 escape(str(r["url"])),
                 escape(", ".join(r["event_types"])),
                 "yes" if r["active"] else "[yellow]paused[/]",
-                when(_epoch(r["created_at"])),
+                when(epoch(r["created_at"])),
             )
         console.print(table)
 
@@ -242,6 +237,8 @@ def list_deliveries(
     async def body() -> None:
         from rich.table import Table
 
+        from baton.cli.backend import epoch
+
         rows = await _do(where, "deliveries", webhook_id=webhook_id, status=status, limit=limit)
         if not rows:
             console.print("[dim]no deliveries[/]")
@@ -259,7 +256,7 @@ def list_deliveries(
                 str(r["attempts"]),
                 "-" if code is None else str(code),
                 escape(str(r.get("last_error") or "")),
-                when(_epoch(r["created_at"])),
+                when(epoch(r["created_at"])),
             )
         console.print(table)
 

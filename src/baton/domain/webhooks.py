@@ -7,30 +7,18 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 from urllib.parse import urlsplit
 
 from baton.domain.errors import InvalidInputs
+from baton.domain.events import EventType
 
 #: The event types a webhook may subscribe to: what happens to runs and their questions, not the
-#: per-token chatter (`step.delta`, `log`), which would flood a receiver.
-WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
-    "run.created",
-    "run.confirmed",
-    "run.queued",
-    "run.started",
-    "run.waiting",
-    "run.resumed",
-    "run.cancel_requested",
-    "run.cancelled",
-    "run.succeeded",
-    "run.failed",
-    "run.retried",
-    "run.forked",
-    "plan.generated",
-    "step.failed",
-    "input.requested",
-    "input.answered",
-    "artifact.created",
+#: per-token chatter (`step.delta`, `log`), which would flood a receiver. Every `run.*` type is
+#: one, including those added later.
+_ALSO_SENT = frozenset({"step.failed", "input.requested", "input.answered", "artifact.created"})
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = tuple(
+    kind for kind in get_args(EventType) if kind.startswith(("run.", "plan.")) or kind in _ALSO_SENT
 )
 #: Subscribes to every type of `WEBHOOK_EVENT_TYPES`, including ones added later.
 ALL_EVENTS = "*"
