@@ -166,15 +166,14 @@ def create_webhook(
     token: TokenOpt = None,
 ) -> None:
     """Subscribe URL to a project's events; prints the signing secret once."""
-    import secrets as random_secrets
-
     from baton.cli.common import print_error
+    from baton.domain.webhooks import new_secret
 
     where = target(ctx, database, flows, server, token)
     if secret is not None and len(secret) < 16:
         print_error("--secret must be at least 16 characters; omit it to have one made for you")
         raise typer.Exit(2)
-    chosen = secret or (None if where.remote else f"whsec_{random_secrets.token_urlsafe(32)}")
+    chosen = secret or (None if where.remote else new_secret())
 
     async def body() -> None:
         row = await _do(

@@ -8,7 +8,6 @@ project the caller is not in answers the same 404 as one that does not exist.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,7 +18,7 @@ from baton.api.dependencies import Caller, Principal, Rt
 from baton.api.schemas import Id, Strict, iso, iso_required
 from baton.config import ServerSettings
 from baton.domain.errors import Forbidden, InvalidInputs, NotFound
-from baton.domain.webhooks import ALL_EVENTS, WEBHOOK_EVENT_TYPES, normalize_event_types
+from baton.domain.webhooks import ALL_EVENTS, WEBHOOK_EVENT_TYPES, new_secret, normalize_event_types
 from baton.engine.webhooks import check_target, resolve
 from baton.store import webhooks as webhook_store
 
@@ -184,7 +183,7 @@ async def create_webhook(body: WebhookCreate, request: Request, who: Caller, rt:
     _require(who, body.project_id, "admin", f"project {body.project_id}")
     event_types = normalize_event_types(body.event_types)
     url = await _checked_url(request, body.url)
-    secret = body.secret or f"whsec_{secrets.token_urlsafe(32)}"
+    secret = body.secret or new_secret()
     row = await rt.db.write(
         webhook_store.create_webhook,
         project_id=body.project_id,
