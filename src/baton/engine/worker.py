@@ -252,7 +252,9 @@ class Worker:
         write = asyncio.ensure_future(self.db.write(_heartbeat, self.id, tokens, self.settings.lease_s))
         left = held_since + self.settings.lease_s - time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(write), max(left, 0.0))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the worker's own stop.
+            async with asyncio.timeout(max(left, 0.0)):
+                return await asyncio.shield(write)
         except TimeoutError:
             self._fence_all("no heartbeat committed within the lease")
             return await write
