@@ -284,7 +284,7 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, run_id)
-            if replays(event_store.payloads_of_type(conn, run_id, "run.cancel_requested"), idempotency_key):
+            if _already_made(conn, run_id, "run.cancel_requested", idempotency_key):
                 return self._snapshot(conn, run_id)
             if run.status == R.CANCELLED or (
                 run.cancel_requested_at is not None and run.status not in TERMINAL_RUN_STATUSES
@@ -358,7 +358,7 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, run_id)
-            if replays(event_store.payloads_of_type(conn, run_id, "run.resumed"), idempotency_key):
+            if _already_made(conn, run_id, "run.resumed", idempotency_key):
                 return self._snapshot(conn, run_id)
             if run.status != R.FAILED:
                 raise IllegalTransition(run_id, run.status, R.QUEUED, "resume run")
@@ -506,8 +506,7 @@ class Lifecycle:
 
         def body(conn: Connection) -> dict[str, Any]:
             run = self._lock(conn, request.run_id)
-            earlier = event_store.payloads_of_type(conn, run.id, "input.answered")
-            if replays([p for p in earlier if p.get("request_id") == request_id], idempotency_key):
+            if _already_made(conn, run.id, "input.answered", idempotency_key, request_id=request_id):
                 return self._snapshot(conn, run.id)
             answered = input_store.answer_request(conn, request_id, answer, by)
             if answered is None:
@@ -572,6 +571,20 @@ class Lifecycle:
 def keyed(idempotency_key: str | None) -> dict[str, str]:
     """The `idempotency_key` entry of a transition event's payload (none without a key)."""
     return {"idempotency_key": idempotency_key} if idempotency_key else {}
+
+
+def _already_made(
+    conn: Connection, run_id: str, event_type: str, idempotency_key: str | None, **match: Any
+) -> bool:
+    """Whether the run's `event_type` events (those matching `match`) record this key; no read without one."""
+    if not idempotency_key:
+        return False
+    payloads = [
+        p
+        for p in event_store.payloads_of_type(conn, run_id, event_type)
+        if all(p.get(name) == value for name, value in match.items())
+    ]
+    return replays(payloads, idempotency_key)
 
 
 def replays(payloads: Sequence[Mapping[str, Any]], idempotency_key: str | None) -> bool:
