@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from baton.domain.errors import Conflict, InvalidInputs
+from baton.domain.errors import Conflict, InvalidInputs, StoreUnavailable
 from baton.domain.models import RunView, StepView
 from baton.domain.status import StepKind
 from baton.engine.lifecycle import RunRequest
@@ -68,6 +68,26 @@ async def wobbly(ctx: Any) -> str:
     if EXECUTIONS["retrying.wobbly"] <= 2:
         raise RuntimeError(f"transient failure {EXECUTIONS['retrying.wobbly']}")
     return f"fine on attempt {ctx.attempt}"
+
+
+store_hiccup = Flow("store-hiccup")
+
+
+@store_hiccup.step(max_attempts=3, backoff_s=0.01)
+async def hiccup(ctx: Any) -> str:
+    EXECUTIONS["store-hiccup.hiccup"] += 1
+    if ctx.attempt == 1:
+        raise StoreUnavailable("cannot reach the database: connection refused")
+    return "fine"
+
+
+misused = Flow("misused")
+
+
+@misused.step(max_attempts=3, backoff_s=0.01)
+async def misuse(ctx: Any) -> str:
+    EXECUTIONS["misused.misuse"] += 1
+    raise InvalidInputs("the step was given inputs it cannot use")
 
 
 step_timeout = Flow("step-timeout")
@@ -216,7 +236,20 @@ async def consume(ctx: Any) -> dict[str, Any]:
 
 
 CATALOG = Catalog(
-    [fan, retrying, step_timeout, run_timeout, growing, stopping, reported, asking, forkable, big]
+    [
+        fan,
+        retrying,
+        store_hiccup,
+        misused,
+        step_timeout,
+        run_timeout,
+        growing,
+        stopping,
+        reported,
+        asking,
+        forkable,
+        big,
+    ]
 )
 
 
@@ -305,6 +338,17 @@ async def test_a_failing_step_is_retried_with_backoff_until_it_succeeds(rt: Runt
     failed_at = [e.created_at for e in retrying_events]
     assert started[1] - failed_at[0] >= 0.05 - 0.01
     assert started[2] - failed_at[1] >= 0.1 - 0.01
+
+
+async def test_a_store_failure_under_a_step_is_retried_and_a_usage_error_is_not(rt: Runtime) -> None:
+    hiccup_id = await start(rt, "store-hiccup")
+    misused_id = await start(rt, "misused")
+    await drain(rt)
+    assert (await rt.lifecycle.get_run(hiccup_id))["status"] == "succeeded"
+    assert EXECUTIONS["store-hiccup.hiccup"] == 2
+    misused_run = await rt.lifecycle.get_run(misused_id)
+    assert misused_run["status"] == "failed"
+    assert EXECUTIONS["misused.misuse"] == 1, "a usage error cannot succeed on a later attempt"
 
 
 async def test_a_step_that_exceeds_its_timeout_fails(rt: Runtime) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from baton import redaction, telemetry
 from baton.agents.base import OutputInvalid, PolicyRefused, StepResult
 from baton.agents.registry import import_engine_modules
-from baton.domain.errors import BatonError, StepFailed
+from baton.domain.errors import BatonError, RuntimeFailure, StepFailed
 from baton.domain.events import EventDraft
 from baton.domain.policy import Policy
 from baton.domain.status import StepKind
@@ -180,6 +180,10 @@ class StepExecution:
             await self._fail(error.message, retryable=False, events=[denied])
         except StepFailed as error:
             await self._fail(error.message, retryable=error.retryable)
+        except RuntimeFailure as error:
+            # The database or the outside world failed under the step (a dropped connection, a
+            # refused write): the next attempt may well succeed, as with any other exception.
+            await self._fail(error.message, retryable=True)
         except BatonError as error:
             await self._fail(error.message, retryable=False)
         except Exception as error:
