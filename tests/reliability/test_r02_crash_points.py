@@ -29,7 +29,14 @@ import pytest
 
 from baton import failpoints
 from tests.reliability.harness import faults
-from tests.reliability.harness.processes import Scenario, create_runs, run_statuses, wait_until
+from tests.reliability.harness.processes import (
+    Scenario,
+    create_runs,
+    failure_story,
+    most_attempts,
+    run_statuses,
+    wait_until,
+)
 from tests.reliability.tier import TIER, size
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -88,11 +95,14 @@ async def test_worker_crash_points_recover_exactly(database_url: str, tmp_path: 
         verdict = sc.check(run_ids)
         survivors = faults.marked_processes(scope=sc.dir)
         firer_report = {point: describe(sc, pid) for point, pid in firers.items()}
+        retried = most_attempts(database_url, run_ids)
+        stories = [failure_story(database_url, r) for r, s in statuses.items() if s != "succeeded"]
     print(
         f"R2 workers {database_url.split(':')[0]}: {len(firers)} points fired, {len(crashes)} crashes "
-        f"(exit codes {sorted(set(crashes))}), {runs} runs {verdict.figures['statuses']} in {elapsed:.1f} s"
+        f"(exit codes {sorted(set(crashes))}), {runs} runs {verdict.figures['statuses']} in {elapsed:.1f} s; "
+        f"most attempts of a step: {retried}"
     )
-    assert set(statuses.values()) == {"succeeded"}, statuses
+    assert set(statuses.values()) == {"succeeded"}, "\n".join(stories)
     assert set(crashes) <= {failpoints.EXIT_CODE}, crashes
     assert set(firers) == set(WORKER_POINTS), firers
     assert len(set(firers.values())) == len(firers), f"one process claimed two points: {firers}"

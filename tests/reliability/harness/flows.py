@@ -102,9 +102,13 @@ async def work(ctx: Any) -> str:
 # --- rel_chain ---------------------------------------------------------------------------------
 
 chain = Flow("rel_chain", title="code → agent → subprocess → code")
+# R2 kills a worker at six points, and each death costs an attempt of every step that worker
+# held (up to 8 at once): one step can lose six attempts, and on a loaded machine a late
+# heartbeat can cost one more. Fewer attempts than that would make failing the run right.
+CHAIN_ATTEMPTS = 10
 
 
-@chain.step("a", max_attempts=5, backoff_s=0.1)
+@chain.step("a", max_attempts=CHAIN_ATTEMPTS, backoff_s=0.1)
 def step_a(ctx: Any) -> str:
     ledgers.record_execution(ctx, "start")
     ledgers.record_effect(ctx, "a")
@@ -112,10 +116,17 @@ def step_a(ctx: Any) -> str:
     return "a"
 
 
-chain.agent("think", engine="offline", prompt="Think about it.", needs=["a"], max_attempts=5, backoff_s=0.1)
+chain.agent(
+    "think",
+    engine="offline",
+    prompt="Think about it.",
+    needs=["a"],
+    max_attempts=CHAIN_ATTEMPTS,
+    backoff_s=0.1,
+)
 
 
-@chain.step("shell", needs=["think"], max_attempts=5, backoff_s=0.1)
+@chain.step("shell", needs=["think"], max_attempts=CHAIN_ATTEMPTS, backoff_s=0.1)
 async def step_shell(ctx: Any) -> str:
     ledgers.record_execution(ctx, "start")
     code = await run_fake_agent(ctx, lines=3, delay=float(ctx.inputs.get("delay", 0.1)))
@@ -126,7 +137,7 @@ async def step_shell(ctx: Any) -> str:
     return "shell"
 
 
-@chain.step("d", needs=["shell"], max_attempts=5, backoff_s=0.1)
+@chain.step("d", needs=["shell"], max_attempts=CHAIN_ATTEMPTS, backoff_s=0.1)
 def step_d(ctx: Any) -> str:
     ledgers.record_execution(ctx, "start")
     ledgers.record_effect(ctx, "d")

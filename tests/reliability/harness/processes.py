@@ -327,6 +327,44 @@ def run_statuses(database_url: str, run_ids: Sequence[str]) -> dict[str, str]:
     return {run_id: status for run_id, status in rows if run_id in wanted}
 
 
+def most_attempts(database_url: str, run_ids: Sequence[str]) -> int:
+    """The highest attempt number any step of these runs reached (1 when nothing was retried)."""
+    from sqlalchemy import bindparam, text
+
+    from baton.doctor import read_only_connection
+
+    query = text("SELECT max(attempt) FROM steps WHERE run_id IN :ids").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    with read_only_connection(database_url) as conn:
+        return int(conn.execute(query, {"ids": list(run_ids)}).scalar() or 0)
+
+
+def failure_story(database_url: str, run_id: str) -> str:
+    """A failed run's reason, its steps (status, attempt, error) and its last events: for assertions."""
+    from sqlalchemy import text
+
+    from baton.doctor import read_only_connection
+
+    with read_only_connection(database_url) as conn:
+        reason = conn.execute(text("SELECT status_reason FROM runs WHERE id = :r"), {"r": run_id}).scalar()
+        steps = conn.execute(
+            text("SELECT key, status, attempt, error FROM steps WHERE run_id = :r ORDER BY position"),
+            {"r": run_id},
+        ).all()
+        events = conn.execute(
+            text("SELECT seq, type, step_key, attempt, payload FROM events WHERE run_id = :r ORDER BY seq"),
+            {"r": run_id},
+        ).all()
+    lines = [f"{run_id}: {reason}"]
+    lines += [f"  step {key} {status} attempt {attempt}: {error}" for key, status, attempt, error in steps]
+    lines += [
+        f"  #{seq} {kind} {step} a{attempt} {str(payload)[:300]}"
+        for seq, kind, step, attempt, payload in events
+    ]
+    return "\n".join(lines)
+
+
 async def wait_terminal(database_url: str, run_ids: Sequence[str], *, timeout: float) -> dict[str, str]:
     """Poll until every run is succeeded, failed or cancelled; their statuses."""
 
