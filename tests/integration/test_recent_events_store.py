@@ -3,6 +3,7 @@ store would give them, and only once their transaction has committed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from baton.engine.worker import WorkerSettings
 from baton.flows.catalog import Catalog
 from baton.flows.spec import Flow
 from baton.runtime import Runtime, open_runtime
+from baton.store.database import Database
 from baton.store.events import append_events, events_after
 
 talky = Flow("talky", title="Logs, streams, retries and returns structure")
@@ -76,3 +78,56 @@ async def test_nothing_is_published_when_the_transaction_fails(rt: Runtime) -> N
     served = rt.db.recent_events.after(created["id"], last, 10)
     assert served is not None
     assert [(e.seq, e.payload) for e in served] == [(last + 1, {"message": "committed"})]
+
+
+@pytest.mark.postgres
+async def test_a_server_takes_other_processes_events_from_their_notifications(postgres_url: str) -> None:
+    """PostgreSQL: a worker's committed events reach a server's memory in the notification.
+
+    Two `Database`s on one database stand for a worker and an API server: each has its own
+    pool, its own LISTEN connection and its own window, as two processes would.
+    """
+    server = await Database.open(postgres_url)
+    server.receive_events = True
+    try:
+        async with open_runtime(postgres_url, catalog=Catalog([talky]), upgrade=False) as worker:
+            run_id = (await worker.lifecycle.create_run(RunRequest("talky")))["id"]
+            # The first wait starts the server's listener, which wakes every waiter once it listens.
+            assert await server.wait([f"run:{run_id}"], 10.0)
+            last = (await server.read(events_after, run_id, 0, 1000))[-1].seq
+
+            async def written_and_heard(drafts: list[EventDraft]) -> None:
+                seen = server.topics.version([f"run:{run_id}"])
+                await worker.db.write(append_events, run_id, drafts)
+                assert await server.wait([f"run:{run_id}"], 10.0, since=seen), "no notification came"
+                for _ in range(50):  # the topics and the events notifications may come in either order
+                    if server.recent_events.after(run_id, last, 100) is not None:
+                        return
+                    await server.wait([f"run:{run_id}"], 0.1)
+
+            drafts = [
+                EventDraft("log", {"message": 'héllo «q» "x" ✓\n'}),
+                EventDraft("step.delta", {"text": "ab"}),
+            ]
+            await written_and_heard(drafts)
+            heard = server.recent_events.after(run_id, last, 100)
+            stored = await server.read(events_after, run_id, last, 100)
+            assert heard is not None and [e.seq for e in heard] == [r.seq for r in stored] == [
+                last + 1,
+                last + 2,
+            ]
+            assert [_encode(e) for e in heard] == [_encode(r) for r in stored]
+
+            # Too big for one notification: not sent, so the server's streams read the store.
+            last = stored[-1].seq
+            big = [EventDraft("step.delta", {"text": "x" * 5000}) for _ in range(2)]
+            seen = server.topics.version([f"run:{run_id}"])
+            await worker.db.write(append_events, run_id, big)
+            assert await server.wait([f"run:{run_id}"], 10.0, since=seen)
+            await asyncio.sleep(0.2)
+            assert server.recent_events.after(run_id, last, 100) is None
+            last += 2
+            await written_and_heard([EventDraft("log", {"message": "after the big one"})])
+            assert [e.seq for e in server.recent_events.after(run_id, last, 100) or []] == [last + 1]
+    finally:
+        await server.close()

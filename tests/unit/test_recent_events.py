@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from baton.store.recent_events import RecentEvent, RecentEvents
+from baton.store.recent_events import (
+    NOTIFY_PAYLOAD_MAX,
+    RecentEvent,
+    RecentEvents,
+    decode_from_notify,
+    encode_for_notify,
+)
 
 
 def _event(run: str, seq: int) -> RecentEvent:
@@ -78,3 +85,41 @@ def test_whatever_is_served_is_contiguous_and_was_published(
     assert [e.seq for e in found] == list(range(after + 1, after + 1 + len(found)))
     assert 1 <= len(found) <= limit
     assert all((run, e.seq) in published and e.run_id == run for e in found)
+
+
+def test_an_event_heard_back_from_a_notification_is_not_a_gap() -> None:
+    recent = RecentEvents()
+    recent.publish([_event("r", 1), _event("r", 2)])
+    recent.publish([_event("r", 2)])  # this process's own commit, heard again by NOTIFY
+    recent.publish([_event("r", 3)])
+    assert _seqs(recent.after("r", 0, 10)) == [1, 2, 3]
+
+
+def test_events_survive_the_notification_payload_unchanged() -> None:
+    sent = [
+        RecentEvent(
+            "r", 7, "log", "speak", 2, {"message": 'é «q» "x" \\ ✓\n', "n": [1, 2.5, None]}, 1.7e9 + 0.123456
+        ),
+        RecentEvent("r", 8, "run.succeeded", None, None, {}, 1.7e9 + 0.5),
+    ]
+    payload = encode_for_notify(sent)
+    assert payload is not None and payload.isascii()
+    assert decode_from_notify(payload) == sent
+
+
+def test_what_does_not_fit_one_notification_is_not_sent() -> None:
+    big = RecentEvent("r", 1, "step.delta", "s", 1, {"text": "x" * NOTIFY_PAYLOAD_MAX}, 1.0)
+    assert encode_for_notify([big]) is None
+    assert encode_for_notify([]) is None
+    assert encode_for_notify([RecentEvent("r", 1, "log", None, None, {"bad": object()}, 1.0)]) is None
+    with pytest.raises(ValueError, match="not an events notification"):
+        decode_from_notify("run:r runs")
+
+
+@given(st.lists(st.text(max_size=40), max_size=20))
+def test_any_payload_that_is_sent_fits_and_comes_back(texts: list[str]) -> None:
+    sent = [RecentEvent("r", i + 1, "log", None, None, {"message": t}, float(i)) for i, t in enumerate(texts)]
+    payload = encode_for_notify(sent)
+    if payload is not None:
+        assert len(payload.encode()) <= NOTIFY_PAYLOAD_MAX
+        assert decode_from_notify(payload) == sent

@@ -132,6 +132,9 @@ def create_app(settings: ServerSettings, *, catalog: Catalog | None = None) -> F
             server_policy=settings.server_policy,
         ) as rt:
             app.state.runtime = rt
+            # Run streams take the events workers in other processes commit from their
+            # notifications, without reading them back (PostgreSQL; bench/stream.py, issue 7).
+            rt.db.receive_events = True
             first = await rt.db.write(bootstrap_if_empty)
             if first is not None:
                 # Shown once, like Jupyter's: only the token's hash is kept.

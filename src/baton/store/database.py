@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from baton.domain.errors import StoreError, StoreUnavailable, UsageError
 from baton.store import direct
 from baton.store.dialects import Dialect, dialect_for
-from baton.store.recent_events import RecentEvent, RecentEvents
+from baton.store.recent_events import RecentEvent, RecentEvents, decode_from_notify
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ class Database:
         self.recent_events = RecentEvents()
         #: called after each commit that ended runs, with their rows as the transaction left them
         self.run_end_hooks: list[Callable[[list[Any]], None]] = []
+        #: PostgreSQL: also take other processes' committed events into `recent_events` (their
+        #: notifications carry them), for a server's run streams; set before the first `wait`
+        self.receive_events = False
         self._listener: asyncio.Task[None] | None = None
         self.busy_retries = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
@@ -253,7 +256,7 @@ class Database:
             conn.info.pop("baton_now", None)
             conn.info.pop("baton_queued", None)
             if topics:
-                dialect.notify(conn, topics)
+                dialect.notify(conn, topics, appended)
             return result, topics, appended, ended
 
         delay = 0.002
@@ -316,9 +319,22 @@ class Database:
     def _ensure_listener(self) -> None:
         if self.dialect.name != "postgresql" or self._listener is not None:
             return
+        on_events = self._heard_events if self.receive_events else None
         self._listener = asyncio.get_running_loop().create_task(
-            self.dialect.listen(self.url, self.topics.notify), name="baton-listen"
+            self.dialect.listen(self.url, self.topics.notify, on_events), name="baton-listen"
         )
+
+    def _heard_events(self, payload: str) -> None:
+        """Another process committed these events: keep them for the streams, then wake those."""
+        try:
+            heard = decode_from_notify(payload)
+        except ValueError as error:
+            logger.warning(
+                "ignored a malformed events notification: %s", error, extra={"action": "store.bad_notify"}
+            )
+            return
+        self.recent_events.publish(heard)
+        self.topics.notify({f"run:{event.run_id}" for event in heard})
 
     def _write_queued(self, engine: Engine) -> None:
         """The writer thread: commit queued write transactions in groups until none are left."""

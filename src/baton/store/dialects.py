@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from sqlalchemy import Connection, literal_column, text
 from sqlalchemy.sql.elements import ColumnElement
 
+from baton.store.recent_events import RecentEvent, encode_for_notify
+
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "baton_v1"
+#: the events a transaction committed, for the run streams of API servers in other processes
+EVENTS_CHANNEL = "baton_events_v1"
 
 
 class Dialect(Protocol):
@@ -30,11 +34,16 @@ class Dialect(Protocol):
     def visible_horizon(self, conn: Connection) -> int | None:
         """Every transaction with a marker below this has ended; None when commits are serial."""
 
-    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
-        """Tell other processes, at commit, that these topics changed."""
+    def notify(self, conn: Connection, topics: Iterable[str], events: Sequence[RecentEvent] = ()) -> None:
+        """Tell other processes, at commit, that these topics changed and which events it added."""
 
-    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
-        """Call `on_topics` for every notification from other processes, until cancelled."""
+    async def listen(
+        self,
+        url: str,
+        on_topics: Callable[[list[str]], None],
+        on_events: Callable[[str], None] | None = None,
+    ) -> None:
+        """Call `on_topics` (and `on_events`) for every notification from other processes, until cancelled."""
 
 
 class SqliteDialect:
@@ -53,10 +62,15 @@ class SqliteDialect:
     def visible_horizon(self, conn: Connection) -> int | None:
         return None
 
-    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
+    def notify(self, conn: Connection, topics: Iterable[str], events: Sequence[RecentEvent] = ()) -> None:
         return None  # other processes poll; this one is woken in memory
 
-    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
+    async def listen(
+        self,
+        url: str,
+        on_topics: Callable[[list[str]], None],
+        on_events: Callable[[str], None] | None = None,
+    ) -> None:
         await asyncio.Event().wait()
 
 
@@ -81,15 +95,28 @@ class PostgresDialect:
             conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one()
         )
 
-    def notify(self, conn: Connection, topics: Iterable[str]) -> None:
+    def notify(self, conn: Connection, topics: Iterable[str], events: Sequence[RecentEvent] = ()) -> None:
         payload = " ".join(sorted(set(topics)))
-        if payload:
+        if not payload:
+            return
+        params = {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]}
+        shared = encode_for_notify(events)
+        if shared is None:
+            conn.execute(text("SELECT pg_notify(:channel, :payload)"), params)
+        else:
+            # One round trip for both. Which arrives first does not matter: a listener wakes the
+            # run's streams again once it has the events.
             conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]},
+                text("SELECT pg_notify(:events_channel, :events), pg_notify(:channel, :payload)"),
+                {**params, "events_channel": EVENTS_CHANNEL, "events": shared},
             )
 
-    async def listen(self, url: str, on_topics: Callable[[list[str]], None]) -> None:
+    async def listen(
+        self,
+        url: str,
+        on_topics: Callable[[list[str]], None],
+        on_events: Callable[[str], None] | None = None,
+    ) -> None:
         import psycopg
 
         dsn = url.replace("postgresql+psycopg://", "postgresql://")
@@ -97,10 +124,15 @@ class PostgresDialect:
             try:
                 async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
                     await aconn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if on_events is not None:
+                        await aconn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     # A reconnect may have missed notifications: wake every waiter once.
                     on_topics(["*"])
                     async for note in aconn.notifies():
-                        on_topics(note.payload.split())
+                        if note.channel == EVENTS_CHANNEL and on_events is not None:
+                            on_events(note.payload)
+                        else:
+                            on_topics(note.payload.split())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: listen again once it is back

@@ -2,13 +2,17 @@
 
 A run followed by ten streams used to cost a query per commit (shared by the ten) before a frame
 went out; with fifty talking runs that was most of a server's time (bench/stream.py, issue 7).
-The window of a run only ever holds a contiguous, committed range of its `seq`s: events another
-process wrote are not here, so a reader that finds no `after + 1` in the window reads the store.
+The window of a run only ever holds a contiguous, committed range of its `seq`s, so a reader
+that finds no `after + 1` in the window reads the store. On PostgreSQL the events other
+processes commit arrive here too, in their transaction's notification (`encode_for_notify`),
+when they fit in one.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +49,8 @@ class RecentEvents:
         """Events of one committed transaction, in `seq` order within each run."""
         for event in committed:
             window = self._runs.get(event.run_id)
+            if window is not None and window[0].seq <= event.seq <= window[-1].seq:
+                continue  # known already: this process's own commit, heard back by notification
             if window is not None and window[-1].seq + 1 == event.seq:
                 window.append(event)
                 self._count += 1
@@ -75,3 +81,33 @@ class RecentEvents:
         if start < 0 or start >= len(window):
             return None
         return window[start : start + limit]
+
+
+#: PostgreSQL refuses a notification payload of 8000 bytes or more
+NOTIFY_PAYLOAD_MAX = 7900
+
+
+def encode_for_notify(committed: Sequence[RecentEvent]) -> str | None:
+    """A transaction's events as one notification payload; None when they do not fit in one.
+
+    ASCII JSON (the byte length is the string's, in any server encoding). Events that do not
+    fit are simply not sent: a listener's window then has a gap, and its streams read the store.
+    """
+    if not committed:
+        return None
+    try:
+        payload = json.dumps(
+            [(e.run_id, e.seq, e.type, e.step_key, e.attempt, e.payload, e.created_at) for e in committed],
+            separators=(",", ":"),
+        )
+    except (TypeError, ValueError):  # not JSON (the insert would have refused it): not shared
+        return None
+    return payload if len(payload) <= NOTIFY_PAYLOAD_MAX else None
+
+
+def decode_from_notify(payload: str) -> list[RecentEvent]:
+    """The events of an `encode_for_notify` payload; ValueError when it is not one."""
+    try:
+        return [RecentEvent(*fields) for fields in json.loads(payload)]
+    except (TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"not an events notification: {error}") from error
