@@ -4,12 +4,14 @@ store would give them, and only once their transaction has committed."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from baton.api.stream import _encode
+from baton.api.stream import _encode, _next_frames, _SharedPages
 from baton.domain.events import EventDraft
 from baton.engine.lifecycle import RunRequest
 from baton.engine.worker import WorkerSettings
@@ -17,6 +19,7 @@ from baton.flows.catalog import Catalog
 from baton.flows.spec import Flow
 from baton.runtime import Runtime, open_runtime
 from baton.store.database import Database
+from baton.store.dialects import NOTIFY_CHANNEL
 from baton.store.events import append_events, events_after
 
 talky = Flow("talky", title="Logs, streams, retries and returns structure")
@@ -117,6 +120,8 @@ async def test_a_server_takes_other_processes_events_from_their_notifications(po
                 last + 2,
             ]
             assert [_encode(e) for e in heard] == [_encode(r) for r in stored]
+            # Every writer says what it committed: a stream caught up is told so without a read.
+            assert server.recent_events.after(run_id, last + 2, 100) == []
 
             # Too big for one notification: not sent, so the server's streams read the store.
             last = stored[-1].seq
@@ -129,5 +134,43 @@ async def test_a_server_takes_other_processes_events_from_their_notifications(po
             last += 2
             await written_and_heard([EventDraft("log", {"message": "after the big one"})])
             assert [e.seq for e in server.recent_events.after(run_id, last, 100) or []] == [last + 1]
+            assert server.recent_events.after(run_id, last + 1, 100) == []
+
+            # A run's topic without word of its events (an older writer): its streams read again.
+            seen = server.topics.version([f"run:{run_id}"])
+            await worker.db.write(
+                lambda conn: conn.execute(
+                    text("SELECT pg_notify(:channel, :topic)"),
+                    {"channel": NOTIFY_CHANNEL, "topic": f"run:{run_id}"},
+                )
+            )
+            assert await server.wait([f"run:{run_id}"], 10.0, since=seen)
+            assert server.recent_events.after(run_id, last + 1, 100) is None
     finally:
         await server.close()
+
+
+@pytest.mark.postgres
+async def test_a_lost_notification_delays_a_stream_by_one_wait_at_most(postgres_url: str) -> None:
+    async with (
+        open_runtime(postgres_url, catalog=Catalog([talky]), upgrade=False) as server,
+        open_runtime(postgres_url, catalog=Catalog([talky]), upgrade=False) as worker,
+    ):
+        server.db.receive_events = True
+        run_id = (await worker.lifecycle.create_run(RunRequest("talky")))["id"]
+        assert await server.db.wait([f"run:{run_id}"], 10.0)  # listening now
+        seen = server.db.topics.version([f"run:{run_id}"])
+        last = (await worker.db.write(append_events, run_id, [EventDraft("log", {"message": "heard"})]))[-1]
+        assert await server.db.wait([f"run:{run_id}"], 10.0, since=seen)
+        pages = _SharedPages()
+        assert await _next_frames(server, pages, run_id, last - 1, timeout=5.0) != []
+        assert server.db.recent_events.after(run_id, last, 10) == []  # caught up, as far as it knows
+
+        listener = server.db._listener
+        assert listener is not None
+        listener.cancel()  # the LISTEN connection is gone and nothing says so
+        await worker.db.write(append_events, run_id, [EventDraft("log", {"message": "not heard"})])
+        began = time.monotonic()
+        frames = await _next_frames(server, pages, run_id, last, timeout=1.0)
+        assert [f.seq for f in frames] == [last + 1], "the stream must find the event in the store"
+        assert time.monotonic() - began < 3.0

@@ -101,25 +101,63 @@ def test_events_survive_the_notification_payload_unchanged() -> None:
             "r", 7, "log", "speak", 2, {"message": 'é «q» "x" \\ ✓\n', "n": [1, 2.5, None]}, 1.7e9 + 0.123456
         ),
         RecentEvent("r", 8, "run.succeeded", None, None, {}, 1.7e9 + 0.5),
+        RecentEvent("other", 3, "log", None, None, {}, 1.7e9),
     ]
     payload = encode_for_notify(sent)
     assert payload is not None and payload.isascii()
-    assert decode_from_notify(payload) == sent
+    assert decode_from_notify(payload) == (sent, {"r": 8, "other": 3})
 
 
-def test_what_does_not_fit_one_notification_is_not_sent() -> None:
+def test_what_does_not_fit_one_notification_is_sent_as_its_extent_only() -> None:
     big = RecentEvent("r", 1, "step.delta", "s", 1, {"text": "x" * NOTIFY_PAYLOAD_MAX}, 1.0)
-    assert encode_for_notify([big]) is None
+    assert decode_from_notify(encode_for_notify([big]) or "") == ([], {"r": 1})
+    odd = RecentEvent("r", 2, "log", None, None, {"bad": object()}, 1.0)
+    assert decode_from_notify(encode_for_notify([odd]) or "") == ([], {"r": 2})
     assert encode_for_notify([]) is None
-    assert encode_for_notify([RecentEvent("r", 1, "log", None, None, {"bad": object()}, 1.0)]) is None
+    many = [RecentEvent(f"run_{i:030d}", 1, "log", None, None, {}, 1.0) for i in range(300)]
+    assert encode_for_notify(many) is None, "not even the extent fits: nothing may be claimed"
     with pytest.raises(ValueError, match="not an events notification"):
         decode_from_notify("run:r runs")
 
 
-@given(st.lists(st.text(max_size=40), max_size=20))
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=20))
 def test_any_payload_that_is_sent_fits_and_comes_back(texts: list[str]) -> None:
     sent = [RecentEvent("r", i + 1, "log", None, None, {"message": t}, float(i)) for i, t in enumerate(texts)]
     payload = encode_for_notify(sent)
-    if payload is not None:
-        assert len(payload.encode()) <= NOTIFY_PAYLOAD_MAX
-        assert decode_from_notify(payload) == sent
+    assert payload is not None and len(payload.encode()) <= NOTIFY_PAYLOAD_MAX
+    events, through = decode_from_notify(payload)
+    assert events in (sent, [])
+    assert through == {"r": len(texts)}
+
+
+def test_a_stream_caught_up_with_a_known_frontier_is_told_nothing_is_newer() -> None:
+    recent = RecentEvents()
+    recent.publish([_event("r", 1), _event("r", 2)])
+    assert recent.after("r", 2, 10) is None, "without a frontier, caught up means: read the store"
+    recent.track_frontier = True
+    recent.publish([_event("r", 3)])
+    assert recent.after("r", 3, 10) == []
+    assert recent.after("r", 3, 10, frontier=False) is None  # a caller not woken checks the store
+    recent.heard_through("r", 5)  # another process committed up to 5; those events are not here
+    assert recent.after("r", 3, 10) is None
+    recent.publish([_event("r", 4), _event("r", 5)])
+    assert _seqs(recent.after("r", 3, 10)) == [4, 5]
+    assert recent.after("r", 5, 10) == []
+    recent.frontier_unknown("r")
+    assert recent.after("r", 5, 10) is None
+    recent.publish([_event("r", 6)])
+    assert recent.after("r", 6, 10) == []
+    recent.forget_frontiers()
+    assert recent.after("r", 6, 10) is None
+
+
+def test_a_frontier_goes_with_its_window() -> None:
+    """Frontiers are kept only for runs with a window: they are bounded as the windows are."""
+    recent = RecentEvents(per_run=10, total=5)
+    recent.track_frontier = True
+    recent.publish([_event("a", 1)])
+    recent.publish([_event("b", s) for s in range(1, 7)])  # over the total: "a" is dropped
+    recent.heard_through("a", 9)
+    recent.heard_through("never-seen", 3)
+    assert set(recent._through) == {"b"}
+    assert recent.after("a", 1, 10) is None

@@ -93,8 +93,10 @@ class _SharedPages:
         self._reads: dict[tuple[str, int, int], asyncio.Future[list[_Frame]]] = {}
         self._encoded: dict[tuple[str, int], _Frame] = {}
 
-    async def page(self, rt: Runtime, run_id: str, after: int, version: int) -> list[_Frame]:
-        recent = rt.db.recent_events.after(run_id, after, PAGE)
+    async def page(
+        self, rt: Runtime, run_id: str, after: int, version: int, *, woken: bool = True
+    ) -> list[_Frame]:
+        recent = rt.db.recent_events.after(run_id, after, PAGE, frontier=woken)
         if recent is not None:
             return [self._frame(event) for event in recent]
         key = (run_id, after, version)
@@ -163,14 +165,17 @@ async def _next_frames(
     topics = [f"run:{run_id}"]
     poll = CROSS_PROCESS_POLL_S if rt.db.dialect.name == "sqlite" else timeout
     deadline = time.monotonic() + timeout
+    woken = True
     while True:
         # Taken before the read: a commit during the read wakes the wait below at once.
         seen = rt.db.topics.version(topics)
-        frames = await pages.page(rt, run_id, after, seen)
+        # After a wait that nothing ended, the store is read even when memory says "nothing
+        # newer": a lost notification delays a stream by one wait at most.
+        frames = await pages.page(rt, run_id, after, seen, woken=woken)
         remaining = deadline - time.monotonic()
         if frames or remaining <= 0:
             return frames
-        await rt.db.wait(topics, min(remaining, poll), since=seen)
+        woken = await rt.db.wait(topics, min(remaining, poll), since=seen)
 
 
 async def _still_valid(rt: Runtime, request: Request, token_id: str) -> bool:

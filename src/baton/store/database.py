@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 
 from baton.domain.errors import StoreError, StoreUnavailable, UsageError
 from baton.store import direct
-from baton.store.dialects import Dialect, dialect_for
+from baton.store.dialects import EVENTS_SENT, Dialect, dialect_for
 from baton.store.recent_events import RecentEvent, RecentEvents, decode_from_notify
 
 logger = logging.getLogger(__name__)
@@ -319,22 +319,36 @@ class Database:
     def _ensure_listener(self) -> None:
         if self.dialect.name != "postgresql" or self._listener is not None:
             return
-        on_events = self._heard_events if self.receive_events else None
-        self._listener = asyncio.get_running_loop().create_task(
-            self.dialect.listen(self.url, self.topics.notify, on_events), name="baton-listen"
-        )
+        if self.receive_events:
+            self.recent_events.track_frontier = True
+            listening = self.dialect.listen(self.url, self._heard_topics, self._heard_events)
+        else:
+            listening = self.dialect.listen(self.url, self.topics.notify)
+        self._listener = asyncio.get_running_loop().create_task(listening, name="baton-listen")
+
+    def _heard_topics(self, names: list[str]) -> None:
+        """A commit of another process changed these topics (receiving events: see `_heard_events`)."""
+        if "*" in names:
+            self.recent_events.forget_frontiers()  # a reconnect, or too many topics to name
+        elif EVENTS_SENT not in names:
+            for name in names:
+                if name.startswith("run:"):
+                    self.recent_events.frontier_unknown(name[4:])
+        self.topics.notify(names)
 
     def _heard_events(self, payload: str) -> None:
         """Another process committed these events: keep them for the streams, then wake those."""
         try:
-            heard = decode_from_notify(payload)
+            heard, through = decode_from_notify(payload)
         except ValueError as error:
             logger.warning(
                 "ignored a malformed events notification: %s", error, extra={"action": "store.bad_notify"}
             )
             return
         self.recent_events.publish(heard)
-        self.topics.notify({f"run:{event.run_id}" for event in heard})
+        for run_id, seq in through.items():
+            self.recent_events.heard_through(run_id, seq)
+        self.topics.notify({f"run:{run_id}" for run_id in through})
 
     def _write_queued(self, engine: Engine) -> None:
         """The writer thread: commit queued write transactions in groups until none are left."""

@@ -17,6 +17,12 @@ logger = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "baton_v1"
 #: the events a transaction committed, for the run streams of API servers in other processes
 EVENTS_CHANNEL = "baton_events_v1"
+#: a topic sent with the others when the transaction's events went out on EVENTS_CHANNEL: a
+#: listener that gets a run's topic without it (an older writer, an oversized transaction)
+#: cannot know how far that run's events go
+EVENTS_SENT = "+events"
+#: PostgreSQL refuses a notification payload of 8000 bytes or more
+_TOPICS_MAX = 7900
 
 
 class Dialect(Protocol):
@@ -96,16 +102,21 @@ class PostgresDialect:
         )
 
     def notify(self, conn: Connection, topics: Iterable[str], events: Sequence[RecentEvent] = ()) -> None:
-        payload = " ".join(sorted(set(topics)))
-        if not payload:
+        names = set(topics)
+        if not names:
             return
-        params = {"channel": NOTIFY_CHANNEL, "payload": payload[:7900]}
         shared = encode_for_notify(events)
+        if shared is not None:
+            names.add(EVENTS_SENT)
+        payload = " ".join(sorted(names))
+        if len(payload) > _TOPICS_MAX:
+            payload = "*"  # too many to name: wake every waiter rather than miss one
+        params = {"channel": NOTIFY_CHANNEL, "payload": payload}
         if shared is None:
             conn.execute(text("SELECT pg_notify(:channel, :payload)"), params)
         else:
-            # One round trip for both. Which arrives first does not matter: a listener wakes the
-            # run's streams again once it has the events.
+            # One round trip for both, the events first. Either order is correct: a listener
+            # wakes the run's streams again once it has the events.
             conn.execute(
                 text("SELECT pg_notify(:events_channel, :events), pg_notify(:channel, :payload)"),
                 {**params, "events_channel": EVENTS_CHANNEL, "events": shared},

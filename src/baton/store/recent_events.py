@@ -44,6 +44,11 @@ class RecentEvents:
         self.total = total
         self._runs: OrderedDict[str, list[RecentEvent]] = OrderedDict()
         self._count = 0
+        #: True where every writer of the database tells this process what it committed (a
+        #: PostgreSQL server that receives events): then a run's highest known `seq` is kept,
+        #: and a stream caught up with it is told "nothing newer" instead of reading the store
+        self.track_frontier = False
+        self._through: dict[str, int] = {}
 
     def publish(self, committed: list[RecentEvent]) -> None:
         """Events of one committed transaction, in `seq` order within each run."""
@@ -51,6 +56,8 @@ class RecentEvents:
             window = self._runs.get(event.run_id)
             if window is not None and window[0].seq <= event.seq <= window[-1].seq:
                 continue  # known already: this process's own commit, heard back by notification
+            if self.track_frontier:
+                self._through[event.run_id] = max(self._through.get(event.run_id, 0), event.seq)
             if window is not None and window[-1].seq + 1 == event.seq:
                 window.append(event)
                 self._count += 1
@@ -68,16 +75,38 @@ class RecentEvents:
                 self._runs.move_to_end(event.run_id)
                 self._count += 1
         while self._count > self.total and len(self._runs) > 1:
-            _run, dropped = self._runs.popitem(last=False)
+            run_id, dropped = self._runs.popitem(last=False)
             self._count -= len(dropped)
+            self._through.pop(run_id, None)
 
-    def after(self, run_id: str, after: int, limit: int) -> list[RecentEvent] | None:
-        """Events `after + 1 …` of the run (at most `limit`); None: read them from the store."""
+    def heard_through(self, run_id: str, seq: int) -> None:
+        """Another process committed the run's events up to `seq` (a notification said so)."""
+        if self.track_frontier and run_id in self._runs:
+            self._through[run_id] = max(self._through.get(run_id, 0), seq)
+
+    def frontier_unknown(self, run_id: str) -> None:
+        """Something was committed to the run that this process was not told the extent of."""
+        self._through.pop(run_id, None)
+
+    def forget_frontiers(self) -> None:
+        """Notifications may have been missed (the listener reconnected): trust none."""
+        self._through.clear()
+
+    def after(
+        self, run_id: str, after: int, limit: int, *, frontier: bool = True
+    ) -> list[RecentEvent] | None:
+        """Events `after + 1 …` of the run (at most `limit`); None: read them from the store.
+
+        `frontier=False`: do not answer "nothing newer" from the known frontier (a caller that
+        waited without being woken checks the store, in case a notification was lost).
+        """
         window = self._runs.get(run_id)
         if not window:
             return None
         first = window[0].seq
         start = after + 1 - first
+        if frontier and start == len(window) and self._through.get(run_id) == window[-1].seq:
+            return []  # caught up, and every commit of the run so far is known here
         if start < 0 or start >= len(window):
             return None
         return window[start : start + limit]
@@ -88,26 +117,35 @@ NOTIFY_PAYLOAD_MAX = 7900
 
 
 def encode_for_notify(committed: Sequence[RecentEvent]) -> str | None:
-    """A transaction's events as one notification payload; None when they do not fit in one.
+    """A transaction's events as one notification payload: `{"events": [...], "through": {run: seq}}`.
 
-    ASCII JSON (the byte length is the string's, in any server encoding). Events that do not
-    fit are simply not sent: a listener's window then has a gap, and its streams read the store.
+    ASCII JSON (its byte length is the string's, in any server encoding). When the events do not
+    fit in one notification only `through` is sent: a listener then knows its window is behind
+    and its streams read the store. None when not even that fits (a transaction of hundreds of
+    runs): the listener is told nothing, and must not assume it knows each run's last `seq`.
     """
     if not committed:
         return None
+    through: dict[str, int] = {}
+    for event in committed:
+        through[event.run_id] = max(through.get(event.run_id, 0), event.seq)
     try:
-        payload = json.dumps(
-            [(e.run_id, e.seq, e.type, e.step_key, e.attempt, e.payload, e.created_at) for e in committed],
-            separators=(",", ":"),
-        )
-    except (TypeError, ValueError):  # not JSON (the insert would have refused it): not shared
-        return None
+        rows = [(e.run_id, e.seq, e.type, e.step_key, e.attempt, e.payload, e.created_at) for e in committed]
+        payload = json.dumps({"events": rows, "through": through}, separators=(",", ":"))
+        if len(payload) <= NOTIFY_PAYLOAD_MAX:
+            return payload
+    except (TypeError, ValueError):  # not JSON (the insert would have refused it): not sent
+        pass
+    payload = json.dumps({"through": through}, separators=(",", ":"))
     return payload if len(payload) <= NOTIFY_PAYLOAD_MAX else None
 
 
-def decode_from_notify(payload: str) -> list[RecentEvent]:
-    """The events of an `encode_for_notify` payload; ValueError when it is not one."""
+def decode_from_notify(payload: str) -> tuple[list[RecentEvent], dict[str, int]]:
+    """The events and the per-run last `seq` of an `encode_for_notify` payload; ValueError if not one."""
     try:
-        return [RecentEvent(*fields) for fields in json.loads(payload)]
-    except (TypeError, json.JSONDecodeError) as error:
+        decoded = json.loads(payload)
+        events = [RecentEvent(*fields) for fields in decoded.get("events", ())]
+        through = {str(run_id): int(seq) for run_id, seq in decoded["through"].items()}
+    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"not an events notification: {error}") from error
+    return events, through
