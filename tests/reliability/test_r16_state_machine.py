@@ -105,7 +105,7 @@ class Model:
     expires: dict[str, float] = field(default_factory=dict)
     held: list[Held] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
-    last_request: tuple[str, Any] | None = None
+    last_request: tuple[str, Any, str] | None = None
     # history for the invariants
     run_status: dict[str, str] = field(default_factory=dict)
     step_status: dict[str, str] = field(default_factory=dict)
@@ -154,8 +154,11 @@ def machine_for(
         @rule(pick=st.integers(0, 50))
         def cancel(self, pick: int) -> None:
             run_id = self.m.runs[pick % len(self.m.runs)]
-            self.m.last_request = ("cancel", run_id)
-            self._lifecycle(rt.lifecycle.cancel(run_id, reason="r16"))
+            key = self._new_key()
+            self._lifecycle(
+                rt.lifecycle.cancel(run_id, reason="r16", idempotency_key=key),
+                request=("cancel", run_id, key),
+            )
 
         @rule(pick=st.integers(0, 50))
         def answer_input(self, pick: int) -> None:
@@ -171,61 +174,80 @@ def machine_for(
             )
             if pending:
                 request_id = pending[pick % len(pending)]
-                self.m.last_request = ("answer", request_id)
-                self._lifecycle(rt.lifecycle.answer(request_id, {"ok": True}))
+                key = self._new_key()
+                self._lifecycle(
+                    rt.lifecycle.answer(request_id, {"ok": True}, idempotency_key=key),
+                    request=("answer", request_id, key),
+                )
 
         @rule(pick=st.integers(0, 50))
         def resume(self, pick: int) -> None:
             run_id = self.m.runs[pick % len(self.m.runs)]
-            self.m.last_request = ("resume", run_id)
+            key = self._new_key()
             self.m.resumed.add(run_id)
-            self._lifecycle(rt.lifecycle.resume(run_id))
+            self._lifecycle(rt.lifecycle.resume(run_id, idempotency_key=key), request=("resume", run_id, key))
 
         @rule(pick=st.integers(0, 50))
         def retry(self, pick: int) -> None:
             run_id = self.m.runs[pick % len(self.m.runs)]
-            self.m.last_request = ("retry", run_id)
-            retried = self._lifecycle(rt.lifecycle.retry(run_id, idempotency_key=f"retry-{run_id}"))
+            key = f"retry-{run_id}"
+            retried = self._lifecycle(
+                rt.lifecycle.retry(run_id, idempotency_key=key), request=("retry", run_id, key)
+            )
             if retried is not None and retried["id"] not in self.m.runs:
                 self.m.runs.append(retried["id"])
 
         @rule()
         def duplicate_request(self) -> None:
-            """The same request again (a client retry): it must change nothing more."""
+            """The same request again, with its Idempotency-Key (a client retry): it must change nothing.
+
+            Whatever happened to the run since (it may have failed again after a resume), the
+            same key is the same request: without a key it would be a new one, which may apply.
+            Only accepted requests are repeated: a refused one (a resume of a running run) left
+            no trace, and the same key later is a first attempt that may apply.
+            """
             if self.m.last_request is None:
                 return
-            kind, target = self.m.last_request
+            kind, target, key = self.m.last_request
             before = run(
                 db.read(lambda conn: conn.execute(select(runs.c.id, runs.c.status, runs.c.last_seq)).all())
             )
             if kind == "cancel":
-                self._lifecycle(rt.lifecycle.cancel(target, reason="r16"))
+                self._lifecycle(rt.lifecycle.cancel(target, reason="r16", idempotency_key=key))
             elif kind == "answer":
-                self._lifecycle(rt.lifecycle.answer(target, {"ok": True}))
+                self._lifecycle(rt.lifecycle.answer(target, {"ok": True}, idempotency_key=key))
             elif kind == "resume":
                 self.m.resumed.add(target)
-                self._lifecycle(rt.lifecycle.resume(target))
+                self._lifecycle(rt.lifecycle.resume(target, idempotency_key=key))
             else:
-                self._lifecycle(rt.lifecycle.retry(target, idempotency_key=f"retry-{target}"))
+                self._lifecycle(rt.lifecycle.retry(target, idempotency_key=key))
             after = run(
                 db.read(lambda conn: conn.execute(select(runs.c.id, runs.c.status, runs.c.last_seq)).all())
             )
             if sorted(before) != sorted(after):
                 self.m.violations.append(f"a repeated {kind} of {target} changed runs: {before} -> {after}")
 
-        def _lifecycle(self, coro: Any) -> Any:
+        def _new_key(self) -> str:
+            return f"r16-{random.random()}"
+
+        def _lifecycle(self, coro: Any, request: tuple[str, Any, str] | None = None) -> Any:
             try:
-                return run(coro)
+                result = run(coro)
             except UsageError:  # an illegal transition or a repeated answer: refused, as it should be
                 return None
             finally:
                 self._resync()
+            if request is not None:
+                self.m.last_request = request
+            return result
 
         def _resync(self) -> None:
             """A run-level change (cancel, a run that ends, resume) may end other steps' attempts.
 
             The model does not predict those; it takes them from the store, which must have left
             such a step not running (a lease is only ever replaced by a claim, which the model sees).
+            A step ended that way may keep its token: every fenced write also checks that the step
+            runs, so its lease is dead all the same.
             """
             ids = [h.claim.step_id for h in self.m.held]
             if not ids:
@@ -233,7 +255,7 @@ def machine_for(
             rows = run(db.read(lambda conn: list(conn.execute(select(steps).where(steps.c.id.in_(ids))))))
             for row in rows:
                 expected = self.m.current.get(row.id)
-                if expected is not None and row.lease_token != expected:
+                if expected is not None and (row.lease_token != expected or row.status != "running"):
                     if row.status == "running":
                         self.m.violations.append(f"{row.key} runs under a lease the model never saw")
                     self.m.current[row.id] = None
