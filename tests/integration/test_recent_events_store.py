@@ -123,15 +123,22 @@ async def test_a_server_takes_other_processes_events_from_their_notifications(po
             # Every writer says what it committed: a stream caught up is told so without a read.
             assert server.recent_events.after(run_id, last + 2, 100) == []
 
-            # Too big for one notification: not sent, so the server's streams read the store.
+            # Too big for one notification together: each goes in a notification of its own.
             last = stored[-1].seq
-            big = [EventDraft("step.delta", {"text": "x" * 5000}) for _ in range(2)]
+            await written_and_heard([EventDraft("step.delta", {"text": "x" * 5000}) for _ in range(2)])
+            assert [e.seq for e in server.recent_events.after(run_id, last, 100) or []] == [
+                last + 1,
+                last + 2,
+            ]
+            last += 2
+
+            # Too big for any notification: not sent, so the server's streams read the store.
             seen = server.topics.version([f"run:{run_id}"])
-            await worker.db.write(append_events, run_id, big)
+            await worker.db.write(append_events, run_id, [EventDraft("step.delta", {"text": "x" * 9000})])
             assert await server.wait([f"run:{run_id}"], 10.0, since=seen)
             await asyncio.sleep(0.2)
             assert server.recent_events.after(run_id, last, 100) is None
-            last += 2
+            last += 1
             await written_and_heard([EventDraft("log", {"message": "after the big one"})])
             assert [e.seq for e in server.recent_events.after(run_id, last, 100) or []] == [last + 1]
             assert server.recent_events.after(run_id, last + 1, 100) == []

@@ -103,31 +103,46 @@ def test_events_survive_the_notification_payload_unchanged() -> None:
         RecentEvent("r", 8, "run.succeeded", None, None, {}, 1.7e9 + 0.5),
         RecentEvent("other", 3, "log", None, None, {}, 1.7e9),
     ]
-    payload = encode_for_notify(sent)
-    assert payload is not None and payload.isascii()
-    assert decode_from_notify(payload) == (sent, {"r": 8, "other": 3})
+    payloads = encode_for_notify(sent)
+    assert len(payloads) == 1 and payloads[0].isascii()
+    assert decode_from_notify(payloads[0]) == (sent, {"r": 8, "other": 3})
 
 
-def test_what_does_not_fit_one_notification_is_sent_as_its_extent_only() -> None:
+def test_what_does_not_fit_a_notification_is_sent_as_its_extent_only() -> None:
     big = RecentEvent("r", 1, "step.delta", "s", 1, {"text": "x" * NOTIFY_PAYLOAD_MAX}, 1.0)
-    assert decode_from_notify(encode_for_notify([big]) or "") == ([], {"r": 1})
     odd = RecentEvent("r", 2, "log", None, None, {"bad": object()}, 1.0)
-    assert decode_from_notify(encode_for_notify([odd]) or "") == ([], {"r": 2})
-    assert encode_for_notify([]) is None
-    many = [RecentEvent(f"run_{i:030d}", 1, "log", None, None, {}, 1.0) for i in range(300)]
-    assert encode_for_notify(many) is None, "not even the extent fits: nothing may be claimed"
+    assert [decode_from_notify(p) for p in encode_for_notify([big, odd])] == [([], {"r": 2})]
+    assert encode_for_notify([]) == []
     with pytest.raises(ValueError, match="not an events notification"):
         decode_from_notify("run:r runs")
 
 
-@given(st.lists(st.text(max_size=40), min_size=1, max_size=20))
-def test_any_payload_that_is_sent_fits_and_comes_back(texts: list[str]) -> None:
-    sent = [RecentEvent("r", i + 1, "log", None, None, {"message": t}, float(i)) for i, t in enumerate(texts)]
-    payload = encode_for_notify(sent)
-    assert payload is not None and len(payload.encode()) <= NOTIFY_PAYLOAD_MAX
-    events, through = decode_from_notify(payload)
-    assert events in (sent, [])
-    assert through == {"r": len(texts)}
+_runs = st.sampled_from(["r", "run_01a21ec4f02d925422a1a7", "x" * 40])
+
+
+# At most 6 bytes of JSON a character (BMP escapes): every event fits a notification alone.
+@given(st.lists(st.tuples(_runs, st.text(st.characters(max_codepoint=0xFFFF), max_size=1200)), max_size=40))
+def test_a_transaction_is_split_into_notifications_that_fit_and_lose_nothing(
+    made: list[tuple[str, str]],
+) -> None:
+    sent = [
+        RecentEvent(run, i + 1, "log", None, None, {"message": t}, float(i))
+        for i, (run, t) in enumerate(made)
+    ]
+    payloads = encode_for_notify(sent)
+    assert all(len(p.encode()) <= NOTIFY_PAYLOAD_MAX for p in payloads)
+    heard: list[RecentEvent] = []
+    through: dict[str, int] = {}
+    for payload in payloads:
+        events, extent = decode_from_notify(payload)
+        heard += events
+        for run, seq in extent.items():
+            through[run] = max(through.get(run, 0), seq)
+    assert heard == sent, "events of this size always fit one notification each"
+    expected: dict[str, int] = {}
+    for event in sent:
+        expected[event.run_id] = event.seq
+    assert through == expected
 
 
 def test_a_stream_caught_up_with_a_known_frontier_is_told_nothing_is_newer() -> None:

@@ -106,21 +106,25 @@ class PostgresDialect:
         if not names:
             return
         shared = encode_for_notify(events)
-        if shared is not None:
+        if shared:
             names.add(EVENTS_SENT)
         payload = " ".join(sorted(names))
         if len(payload) > _TOPICS_MAX:
             payload = "*"  # too many to name: wake every waiter rather than miss one
-        params = {"channel": NOTIFY_CHANNEL, "payload": payload}
-        if shared is None:
-            conn.execute(text("SELECT pg_notify(:channel, :payload)"), params)
-        else:
-            # One round trip for both, the events first. Either order is correct: a listener
-            # wakes the run's streams again once it has the events.
+        if not shared:
             conn.execute(
-                text("SELECT pg_notify(:events_channel, :events), pg_notify(:channel, :payload)"),
-                {**params, "events_channel": EVENTS_CHANNEL, "events": shared},
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
             )
+            return
+        # One round trip for all, the events first. Either order is correct: a listener wakes
+        # the run's streams again once it has the events.
+        conn.execute(
+            text(
+                "SELECT pg_notify(n.channel, n.payload)"
+                " FROM unnest(CAST(:channels AS text[]), CAST(:payloads AS text[])) AS n(channel, payload)"
+            ),
+            {"channels": [EVENTS_CHANNEL] * len(shared) + [NOTIFY_CHANNEL], "payloads": [*shared, payload]},
+        )
 
     async def listen(
         self,

@@ -116,28 +116,60 @@ class RecentEvents:
 NOTIFY_PAYLOAD_MAX = 7900
 
 
-def encode_for_notify(committed: Sequence[RecentEvent]) -> str | None:
-    """A transaction's events as one notification payload: `{"events": [...], "through": {run: seq}}`.
+def encode_for_notify(committed: Sequence[RecentEvent]) -> list[str]:
+    """A transaction's events as notification payloads, each `{"events": [...], "through": {run: seq}}`.
 
-    ASCII JSON (its byte length is the string's, in any server encoding). When the events do not
-    fit in one notification only `through` is sent: a listener then knows its window is behind
-    and its streams read the store. None when not even that fits (a transaction of hundreds of
-    runs): the listener is told nothing, and must not assume it knows each run's last `seq`.
+    ASCII JSON (its byte length is the string's, in any server encoding), in as few payloads
+    as fit PostgreSQL's limit. An event too big for one is left out, but its run's `through`
+    is still sent: a listener then knows its window is behind and its streams read the store.
     """
-    if not committed:
-        return None
+    payloads: list[str] = []
+    events: list[str] = []
     through: dict[str, int] = {}
+    size = 0
     for event in committed:
+        row = _event_json(event)
+        if len(row) + len(event.run_id) + _THROUGH_ENTRY + _WRAPPER > NOTIFY_PAYLOAD_MAX:
+            row = ""  # too big to send at all: only its run's `through` goes
+        # The run's `through` entry is counted for every event: an upper bound on the size.
+        cost = (len(row) + 1 if row else 0) + len(event.run_id) + _THROUGH_ENTRY
+        if through and size + cost > NOTIFY_PAYLOAD_MAX - _WRAPPER:
+            payloads.append(_payload(events, through))
+            events, through, size = [], {}, 0
+        if row:
+            events.append(row)
         through[event.run_id] = max(through.get(event.run_id, 0), event.seq)
+        size += cost
+    if through:
+        payloads.append(_payload(events, through))
+    return payloads
+
+
+#: the bytes of `{"events":[],"through":}` and of one `"run_id":seq,` beyond the id
+_WRAPPER = 40
+_THROUGH_ENTRY = 25
+
+
+def _event_json(event: RecentEvent) -> str:
+    """The event as a JSON array; empty when its payload is not JSON (the insert refuses those)."""
+    fields = (
+        event.run_id,
+        event.seq,
+        event.type,
+        event.step_key,
+        event.attempt,
+        event.payload,
+        event.created_at,
+    )
     try:
-        rows = [(e.run_id, e.seq, e.type, e.step_key, e.attempt, e.payload, e.created_at) for e in committed]
-        payload = json.dumps({"events": rows, "through": through}, separators=(",", ":"))
-        if len(payload) <= NOTIFY_PAYLOAD_MAX:
-            return payload
-    except (TypeError, ValueError):  # not JSON (the insert would have refused it): not sent
-        pass
-    payload = json.dumps({"through": through}, separators=(",", ":"))
-    return payload if len(payload) <= NOTIFY_PAYLOAD_MAX else None
+        return json.dumps(fields, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return ""
+
+
+def _payload(events: list[str], through: dict[str, int]) -> str:
+    shown = json.dumps(through, separators=(",", ":"))
+    return '{"events":[' + ",".join(events) + '],"through":' + shown + "}"
 
 
 def decode_from_notify(payload: str) -> tuple[list[RecentEvent], dict[str, int]]:
