@@ -26,15 +26,13 @@ from baton.engine import metrics, step_results
 from baton.engine.agent_step import engine_spec_of, plan_agent_step, policy_of
 from baton.engine.context import RunningStep
 from baton.engine.step_results import Claim
+from baton.engine.streamed_output import StreamedOutput
 from baton.failpoints import failpoint
 from baton.flows.spec import Flow, accepts_argument
 from baton.store import artifacts as artifact_store
 from baton.store.database import Database
 
 logger = logging.getLogger(__name__)
-
-#: How often streamed output is written as `step.delta` events (coalescing window).
-DELTA_FLUSH_S = 0.075
 
 
 def _redacted(drafts: list[EventDraft]) -> list[EventDraft]:
@@ -94,6 +92,8 @@ class StepExecution:
         #: set by the worker: claim what this step makes ready, and who takes it over
         self.claim_next: Callable[[], step_results.ClaimNext | None] | None = None
         self.handoff: Callable[[list[Any]], None] | None = None
+        #: who writes what the step streams while it runs (the worker shares one among its steps)
+        self.output = StreamedOutput(db)
 
     async def run(self) -> None:
         started = time.perf_counter()
@@ -115,28 +115,21 @@ class StepExecution:
             self.policy = policy_of(policy)
             self.ctx = RunningStep(claim, inputs, upstream)
             self.ctx.cancel_reason = self.cancel_reason
-            # Most steps stream nothing: the delta writer starts with the first output, if any.
-            flushers: list[asyncio.Task[None]] = []
+            # Most steps stream nothing: their output is written from the first of it, if any.
             loop = asyncio.get_running_loop()
 
-            def start_flusher() -> None:
-                flushers.append(loop.create_task(self._flush_forever(), name=f"baton-flush-{claim.key}"))
+            def follow_output() -> None:  # called from the step's thread, if it runs in one
+                loop.call_soon_threadsafe(self.output.follow, self)
 
-            def schedule_flusher() -> None:
-                loop.call_soon_threadsafe(start_flusher)
-
-            self.ctx.on_first_output = schedule_flusher
+            self.ctx.on_first_output = follow_output
             try:
                 timeout = (self.row.spec or {}).get("timeout_s")
                 async with asyncio.timeout(timeout):
                     produced = await self._call()
             finally:
                 self.ctx.on_first_output = None
-                await asyncio.sleep(0)  # let a flusher scheduled from a thread get created
-                for flusher in flushers:
-                    flusher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await flusher
+                await asyncio.sleep(0)  # let a follow() scheduled from a thread happen first
+                await self.output.release(self)
             if not await self._flush():
                 return
             # Known secrets (model keys, tokens) never reach the store, whatever the step did with them.
@@ -222,12 +215,12 @@ class StepExecution:
             return step_results.Produced(result.output, usage=result.usage or None, engine=label)
         raise StepFailed(f"step {self.row.key} of kind {kind} cannot be run by a worker", retryable=False)
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(DELTA_FLUSH_S)
-            if not await self._flush():
-                self.cancel(lost=True)
-                return
+    def take_output(self) -> list[EventDraft]:
+        """What the step streamed since the last call, secrets cut out (for StreamedOutput)."""
+        return _redacted(self.ctx.drain()) if self.ctx is not None else []
+
+    def lose_lease(self) -> None:
+        self.cancel(lost=True)
 
     async def _flush(self) -> bool:
         """Write what the step streamed; False when the lease is gone."""

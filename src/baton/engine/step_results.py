@@ -25,7 +25,7 @@ from baton.store import inputs as input_store
 from baton.store import runs as run_store
 from baton.store import steps as step_store
 from baton.store.clock import db_now
-from baton.store.events import append_events
+from baton.store.events import append_events, append_events_by_run
 
 logger = logging.getLogger(__name__)
 
@@ -374,6 +374,28 @@ def append_step_events(conn: Connection, claim: Claim, drafts: Sequence[EventDra
         return False
     append_events(conn, claim.run_id, drafts)
     return True
+
+
+def append_steps_events(conn: Connection, batch: Sequence[tuple[Claim, Sequence[EventDraft]]]) -> list[Claim]:
+    """`append_step_events` for many steps in one transaction; the claims whose lease is lost.
+
+    The runs are locked in id order, then every lease is checked and every event appended in
+    one statement each (PostgreSQL): a worker's streamed output costs a few round trips per
+    flush, not a transaction per step.
+    """
+    locked = run_store.lock_runs(conn, {claim.run_id for claim, _ in batch})
+    held = step_store.hold_leases(
+        conn, [(claim.step_id, claim.token) for claim, _ in batch if claim.run_id in locked]
+    )
+    by_run: dict[str, list[EventDraft]] = {}
+    lost: list[Claim] = []
+    for claim, drafts in batch:
+        if claim.step_id in held:
+            by_run.setdefault(claim.run_id, []).extend(drafts)
+        else:
+            lost.append(claim)
+    append_events_by_run(conn, by_run)
+    return lost
 
 
 def _still_expired(step: Row[Any], token: str | None, now: float) -> bool:

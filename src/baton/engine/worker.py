@@ -17,6 +17,7 @@ from baton.domain.errors import BatonError, StoreUnavailable
 from baton.domain.ids import new_worker_id
 from baton.engine import background, metrics, step_results
 from baton.engine.execution import StepExecution
+from baton.engine.streamed_output import StreamedOutput
 from baton.failpoints import failpoint
 from baton.flows.catalog import Catalog
 from baton.store import steps as step_store
@@ -67,6 +68,8 @@ class Worker:
         self.id = new_worker_id()
         self.logger = logger.getChild(self.id.replace(".", "_"))
         self.in_flight: dict[str, StepExecution] = {}
+        #: writes what every running step streams, all of them in one transaction per flush
+        self.output = StreamedOutput(db)
         self._stop = asyncio.Event()
         self._side: list[asyncio.Task[None]] = []
         self._names = catalog.names()
@@ -110,6 +113,7 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self._drain()
+            await self.output.close()
             with contextlib.suppress(BatonError):
                 await self.db.write(worker_store.mark_stopped, self.id)
 
@@ -180,6 +184,8 @@ class Worker:
         # unless the worker is stopping by then.
         execution.claim_next = self._claim_next
         execution.handoff = self._adopt
+        if self.db.dialect.name == "postgresql":
+            execution.output = self.output
         execution.task = asyncio.create_task(execution.run(), name=f"baton-step-{row.key}")
         self.in_flight[row.lease_token] = execution
         token: str = row.lease_token

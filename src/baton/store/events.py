@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, literal_column, or_, select, text, update
 
 from baton.domain.errors import UsageError
 from baton.domain.events import MAX_EVENT_PAYLOAD_BYTES, EventDraft
@@ -41,12 +41,7 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
     """
     if not drafts:
         return []
-    for draft in drafts:
-        size = len(json.dumps(draft.payload, default=str))
-        if size > MAX_EVENT_PAYLOAD_BYTES:
-            raise ValueError(
-                f"event {draft.type} payload is {size} bytes; store large content as an artifact"
-            )
+    _check_sizes(drafts)
     params = {"run_id": run_id, "n": len(drafts)}
     if conn.dialect.name == "postgresql" and "baton_tx" not in conn.info:
         bumped = direct.first(conn, _BUMP_SEQ_READING_TX, params)
@@ -60,27 +55,81 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
         RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
         for i, d in enumerate(drafts)
     ]
-    direct.execute_many(
-        conn,
-        _INSERT_EVENT,
-        [
-            {
-                "run_id": e.run_id,
-                "seq": e.seq,
-                "tx": tx,
-                "type": e.type,
-                "step_key": e.step_key,
-                "attempt": e.attempt,
-                "payload": e.payload,
-                "created_at": now,
-            }
-            for e in committed
-        ],
-    )
+    direct.execute_many(conn, _INSERT_EVENT, [_event_row(e, tx) for e in committed])
     # Published to this process's live streams once (and only if) the transaction commits.
     conn.info.setdefault("baton_appended", []).extend(committed)
     touch(conn, f"run:{run_id}", "runs")
     return [first + i for i in range(len(drafts))]
+
+
+# PostgreSQL: several runs' sequences bumped in one statement, with the transaction's id.
+_BUMP_SEQS = text(
+    "UPDATE runs SET last_seq = runs.last_seq + bumps.n"
+    " FROM unnest(CAST(:run_ids AS text[]), CAST(:counts AS bigint[])) AS bumps(run_id, n)"
+    " WHERE runs.id = bumps.run_id"
+    " RETURNING runs.id, runs.last_seq, pg_current_xact_id()::text::bigint"
+)
+
+
+def append_events_by_run(conn: Connection, drafts_by_run: Mapping[str, Sequence[EventDraft]]) -> None:
+    """`append_events` for several runs, whose row locks the caller holds.
+
+    On PostgreSQL every run's sequence is bumped in one statement and every event inserted in
+    one more, whatever the number of runs: a worker's batch of streamed output costs the same
+    few round trips for one step or fifty.
+    """
+    wanted = {run_id: list(drafts) for run_id, drafts in drafts_by_run.items() if drafts}
+    if conn.dialect.name != "postgresql":
+        for run_id, drafts in wanted.items():
+            append_events(conn, run_id, drafts)
+        return
+    if not wanted:
+        return
+    for drafts in wanted.values():
+        _check_sizes(drafts)
+    bumped = conn.execute(
+        _BUMP_SEQS, {"run_ids": list(wanted), "counts": [len(d) for d in wanted.values()]}
+    ).all()
+    if len(bumped) != len(wanted):
+        missing = sorted(set(wanted) - {row[0] for row in bumped})
+        raise ValueError(f"cannot append events to runs that do not exist: {missing}")
+    conn.info.setdefault("baton_tx", bumped[0][2])
+    tx = int(conn.info["baton_tx"])
+    now = db_now(conn)
+    committed: list[RecentEvent] = []
+    for run_id, last, _tx in bumped:
+        drafts = wanted[run_id]
+        first = int(last) - len(drafts) + 1
+        committed += [
+            RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
+            for i, d in enumerate(drafts)
+        ]
+        touch(conn, f"run:{run_id}")
+    touch(conn, "runs")
+    direct.execute_many(conn, _INSERT_EVENT, [_event_row(e, tx) for e in committed])
+    conn.info.setdefault("baton_appended", []).extend(committed)
+
+
+def _check_sizes(drafts: Sequence[EventDraft]) -> None:
+    for draft in drafts:
+        size = len(json.dumps(draft.payload, default=str))
+        if size > MAX_EVENT_PAYLOAD_BYTES:
+            raise ValueError(
+                f"event {draft.type} payload is {size} bytes; store large content as an artifact"
+            )
+
+
+def _event_row(event: RecentEvent, tx: int) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "tx": tx,
+        "type": event.type,
+        "step_key": event.step_key,
+        "attempt": event.attempt,
+        "payload": event.payload,
+        "created_at": event.created_at,
+    }
 
 
 def events_after(conn: Connection, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Row[Any]]:

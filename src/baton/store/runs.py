@@ -76,6 +76,27 @@ def lock_run(conn: Connection, run_id: str) -> Row[Any] | None:
     return direct.first(conn, _LOCK_RUN, {"run_id": run_id, "now": db_now(conn)})
 
 
+def lock_runs(conn: Connection, run_ids: Iterable[str]) -> set[str]:
+    """Hold the row locks of several runs (in id order, as every multi-run locker must); the ids found.
+
+    On PostgreSQL one statement locks them all, and sets the transaction's clock as `lock_run` does.
+    """
+    wanted = sorted(set(run_ids))
+    if conn.dialect.name != "postgresql":
+        return {run_id for run_id in wanted if lock_run(conn, run_id) is not None}
+    in_order = select(runs.c.id).where(runs.c.id.in_(wanted)).order_by(runs.c.id).with_for_update()
+    clock = bindparam("now", db_now(conn)) if "baton_now" in conn.info else PostgresDialect().now()
+    rows = conn.execute(
+        update(runs)
+        .where(runs.c.id.in_(in_order.scalar_subquery()))
+        .values(updated_at=clock)
+        .returning(runs.c.id, runs.c.updated_at)
+    ).all()
+    if rows and "baton_now" not in conn.info:
+        conn.info["baton_now"] = float(rows[0].updated_at)
+    return {row.id for row in rows}
+
+
 def transition_run(
     conn: Connection, run_id: str, sources: Iterable[RunStatus], target: RunStatus, reason: str, **fields: Any
 ) -> Row[Any] | None:

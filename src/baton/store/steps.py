@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, or_, select, text, tuple_, update
 
 from baton.domain.ids import new_id, new_lease_token
 from baton.domain.status import StepStatus
@@ -361,6 +361,19 @@ _HOLD_LEASE = (
 def hold_lease(conn: Connection, step_id: str, token: str) -> Row[Any] | None:
     """The fence: lock the step iff `token` is still its live lease; None means the lease is lost."""
     return direct.first(conn, _HOLD_LEASE, {"step_id": step_id, "token": token, "now": db_now(conn)})
+
+
+def hold_leases(conn: Connection, leases: Sequence[tuple[str, str]]) -> set[str]:
+    """`hold_lease` for several (step id, token) pairs in one statement; the ids still held."""
+    if not leases:
+        return set()
+    rows = conn.execute(
+        update(steps)
+        .where(tuple_(steps.c.id, steps.c.lease_token).in_(list(leases)), steps.c.status == S.RUNNING.value)
+        .values(heartbeat_at=db_now(conn))
+        .returning(steps.c.id)
+    ).all()
+    return {row.id for row in rows}
 
 
 def finish_step(
