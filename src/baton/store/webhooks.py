@@ -6,8 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from baton.domain.ids import new_id, new_lease_token
 from baton.domain.webhooks import PING_EVENT, subscribes
@@ -313,9 +311,21 @@ def event_body(delivery_id: str, event: Any) -> dict[str, Any]:
     }
 
 
+def _dialect_insert(conn: Connection) -> Callable[[Any], Any]:
+    """The dialect's INSERT (ON CONFLICT); imported here: an embedded run never loads PostgreSQL's."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
 def _insert_ignoring_duplicates(conn: Connection) -> Any:
-    make: Callable[[Any], Any] = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return make(webhook_deliveries).on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
+    return _dialect_insert(conn)(webhook_deliveries).on_conflict_do_nothing(
+        index_elements=["webhook_id", "event_id"]
+    )
 
 
 def _log_end(conn: Connection) -> str:
@@ -329,9 +339,8 @@ def _log_end(conn: Connection) -> str:
 
 
 def _insert_cursor(conn: Connection, position: str, now: float) -> None:
-    make: Callable[[Any], Any] = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(
-        make(webhook_cursors)
+        _dialect_insert(conn)(webhook_cursors)
         .values(name=DISPATCH_CURSOR, position=position, updated_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
     )
