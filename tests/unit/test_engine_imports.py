@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = """
 import asyncio, sys, time
@@ -48,3 +50,31 @@ def test_engines_without_an_sdk_import_nothing() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_an_embedded_run_loads_neither_httpx_nor_postgresql(tmp_path: Path) -> None:
+    """`baton run` on SQLite with no webhook imports no HTTP client and no PostgreSQL dialect (start-up)."""
+    probe = (
+        "import runpy, sys\n"
+        "database, flows = sys.argv[1:]\n"
+        "sys.argv = ['baton', 'run', 'pair', '--no-confirm', '--flows', flows, '--database', database]\n"
+        "try:\n"
+        "    runpy.run_module('baton', run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "loaded = [m for m in ('httpx', 'sqlalchemy.dialects.postgresql', 'psycopg') if m in sys.modules]\n"
+        "print('LOADED', *loaded)\n"
+    )
+    flows = tmp_path / "pair.yaml"
+    flows.write_text(
+        "name: pair\ntitle: Two offline steps\nsteps:\n"
+        "  one: {agent: {persona: You write., engine: offline}, prompt: Write.}\n"
+        "  two: {agent: {persona: You write., engine: offline}, prompt: Write., needs: [one]}\n"
+    )
+    args = [sys.executable, "-c", probe, f"sqlite:///{tmp_path / 'baton.db'}", str(flows)]
+    env = {**os.environ, "BATON_HOME": str(tmp_path / "home")}
+    # The first run creates the schema (Alembic loads every dialect); the next is the usual case.
+    for _ in range(2):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "LOADED", done.stdout[-500:]

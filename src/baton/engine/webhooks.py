@@ -16,9 +16,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from baton.config import WebhookSettings, webhook_settings_from_env
 from baton.domain.errors import BatonError, InvalidInputs
@@ -36,6 +34,9 @@ from baton.domain.webhooks import (
 from baton.flows.catalog import Catalog
 from baton.store import webhooks as store
 from baton.store.database import Database
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,18 @@ class WebhookService:
         self.lease_s = self.settings.timeout_s + 5.0
 
     async def run_forever(self) -> None:
-        async with self._http() as http:
+        http = _ClientOnFirstUse(self._http)
+        try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._dispatch_forever(), name="baton-webhook-dispatch")
                 group.create_task(self._deliver_forever(http), name="baton-webhook-deliver")
                 group.create_task(self._prune_forever(), name="baton-webhook-prune")
+        finally:
+            await http.aclose()
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx
+
         # No redirects (a 3xx could point anywhere, past the address check) and no proxies from
         # the environment (the address check is about where the request goes).
         return httpx.AsyncClient(
@@ -140,13 +146,13 @@ class WebhookService:
 
     # --- the delivery loop ------------------------------------------------------------------------
 
-    async def deliver_due(self, http: httpx.AsyncClient) -> int:
+    async def deliver_due(self, http: httpx.AsyncClient | _ClientOnFirstUse) -> int:
         """Claim what is due (up to the free slots) and send it all; returns how many were attempted."""
         claimed = await self.db.write(store.claim_due, self.lease_s, self.concurrency)
         await asyncio.gather(*(self._attempt(http, row) for row in claimed))
         return len(claimed)
 
-    async def _deliver_forever(self, http: httpx.AsyncClient) -> None:
+    async def _deliver_forever(self, http: httpx.AsyncClient | _ClientOnFirstUse) -> None:
         in_flight: dict[asyncio.Task[None], Any] = {}
         topics = [store.WEBHOOKS_TOPIC]
         try:
@@ -234,7 +240,7 @@ class WebhookService:
                     await self.db.write(store.release, row.id, row.lease_token)
             raise
 
-    async def _attempt(self, http: httpx.AsyncClient, row: Any) -> None:
+    async def _attempt(self, http: httpx.AsyncClient | _ClientOnFirstUse, row: Any) -> None:
         """One POST of one delivery, then its outcome recorded; never raises (a service must not die)."""
         status_code: int | None = None
         error: str | None = None
@@ -302,8 +308,12 @@ class WebhookService:
             },
         )
 
-    async def _post(self, http: httpx.AsyncClient, row: Any) -> tuple[int | None, str | None, bool]:
+    async def _post(
+        self, http: httpx.AsyncClient | _ClientOnFirstUse, row: Any
+    ) -> tuple[int | None, str | None, bool]:
         """(status code, error, permanent): the address is checked again now, since DNS can change."""
+        import httpx
+
         target = parse_target(row.url)
         try:
             addresses = await self.resolver(target.host, target.port)
@@ -336,6 +346,24 @@ class WebhookService:
             return None, f"no response within {self.settings.timeout_s:g} s", False
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, False
+
+
+class _ClientOnFirstUse:
+    """The HTTP client, made for the first delivery: a worker whose projects have no webhook
+    never imports httpx (about 45 ms of a `baton run`'s start-up, bench/startup.py)."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
+        self._make = make
+        self._client: httpx.AsyncClient | None = None
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return self._client.stream(*args, **kwargs)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
 
 async def run_webhooks_forever(db: Database, catalog: Catalog) -> None:
