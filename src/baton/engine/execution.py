@@ -224,11 +224,10 @@ class StepExecution:
 
     async def _flush(self) -> bool:
         """Write what the step streamed; False when the lease is gone."""
-        assert self.ctx is not None
-        drafts = self.ctx.drain()
+        drafts = self.take_output()
         if not drafts:
             return True
-        return await self.db.write(step_results.append_step_events, self.claim, _redacted(drafts))
+        return await self.db.write(step_results.append_step_events, self.claim, drafts)
 
     async def _fail(self, error: str, *, retryable: bool, events: list[EventDraft] | None = None) -> None:
         if self.ctx is not None:

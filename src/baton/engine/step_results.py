@@ -383,6 +383,9 @@ def append_steps_events(conn: Connection, batch: Sequence[tuple[Claim, Sequence[
     one statement each (PostgreSQL): a worker's streamed output costs a few round trips per
     flush, not a transaction per step.
     """
+    if len(batch) == 1:  # one step (SQLite's writers, a retried batch): the single-step statements
+        [(claim, drafts)] = batch
+        return [] if append_step_events(conn, claim, drafts) else [claim]
     locked = run_store.lock_runs(conn, {claim.run_id for claim, _ in batch})
     held = step_store.hold_leases(
         conn, [(claim.step_id, claim.token) for claim, _ in batch if claim.run_id in locked]

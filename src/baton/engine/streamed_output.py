@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Protocol
 
 from baton.domain.events import EventDraft
 from baton.engine import step_results
 from baton.engine.step_results import Claim
 from baton.store.database import Database
-
-logger = logging.getLogger(__name__)
 
 #: How often streamed output is written as events (the coalescing window).
 FLUSH_S = 0.075
@@ -104,22 +101,16 @@ class StreamedOutput:
 
     async def _write_batch(self, batch: list[tuple[Streaming, list[EventDraft]]]) -> None:
         try:
-            if len(batch) == 1:
-                [(step, drafts)] = batch
-                held = await self.db.write(step_results.append_step_events, step.claim, drafts)
-                lost = [] if held else [step.claim]
-            else:
-                lost = await self.db.write(
-                    step_results.append_steps_events, [(step.claim, drafts) for step, drafts in batch]
-                )
+            lost = await self.db.write(
+                step_results.append_steps_events, [(step.claim, drafts) for step, drafts in batch]
+            )
         except Exception:
             # One step's output may be what the database refused: each is written alone, and
             # only a step whose own write fails gets the error.
             lost = []
             for step, drafts in batch:
                 try:
-                    if not await self.db.write(step_results.append_step_events, step.claim, drafts):
-                        lost.append(step.claim)
+                    lost += await self.db.write(step_results.append_steps_events, [(step.claim, drafts)])
                 except Exception as error:
                     self._errors[step.claim.token] = error
                     self._steps.pop(step.claim.token, None)

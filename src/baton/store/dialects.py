@@ -10,7 +10,7 @@ from typing import Protocol
 from sqlalchemy import Connection, literal_column, text
 from sqlalchemy.sql.elements import ColumnElement
 
-from baton.store.recent_events import RecentEvent, encode_for_notify
+from baton.store.recent_events import NOTIFY_PAYLOAD_MAX, RecentEvent, encode_for_notify
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,6 @@ EVENTS_CHANNEL = "baton_events_v1"
 #: listener that gets a run's topic without it (an older writer, an oversized transaction)
 #: cannot know how far that run's events go
 EVENTS_SENT = "+events"
-#: PostgreSQL refuses a notification payload of 8000 bytes or more
-_TOPICS_MAX = 7900
 
 
 class Dialect(Protocol):
@@ -109,7 +107,7 @@ class PostgresDialect:
         if shared:
             names.add(EVENTS_SENT)
         payload = " ".join(sorted(names))
-        if len(payload) > _TOPICS_MAX:
+        if len(payload) > NOTIFY_PAYLOAD_MAX:
             payload = "*"  # too many to name: wake every waiter rather than miss one
         if not shared:
             conn.execute(

@@ -48,18 +48,10 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
         last, conn.info["baton_tx"] = bumped[0], bumped[1]
     else:
         last = direct.first(conn, _BUMP_SEQ, params)[0]
-    first = int(last) - len(drafts) + 1
-    now = db_now(conn)
-    tx = dialect_of(conn).transaction_marker(conn)
-    committed = [
-        RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
-        for i, d in enumerate(drafts)
-    ]
-    direct.execute_many(conn, _INSERT_EVENT, [_event_row(e, tx) for e in committed])
-    # Published to this process's live streams once (and only if) the transaction commits.
-    conn.info.setdefault("baton_appended", []).extend(committed)
+    committed = _numbered(run_id, int(last), drafts, db_now(conn))
+    _insert(conn, committed, dialect_of(conn).transaction_marker(conn))
     touch(conn, f"run:{run_id}", "runs")
-    return [first + i for i in range(len(drafts))]
+    return [event.seq for event in committed]
 
 
 # PostgreSQL: several runs' sequences bumped in one statement, with the transaction's id.
@@ -94,20 +86,13 @@ def append_events_by_run(conn: Connection, drafts_by_run: Mapping[str, Sequence[
         missing = sorted(set(wanted) - {row[0] for row in bumped})
         raise ValueError(f"cannot append events to runs that do not exist: {missing}")
     conn.info.setdefault("baton_tx", bumped[0][2])
-    tx = int(conn.info["baton_tx"])
     now = db_now(conn)
     committed: list[RecentEvent] = []
     for run_id, last, _tx in bumped:
-        drafts = wanted[run_id]
-        first = int(last) - len(drafts) + 1
-        committed += [
-            RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
-            for i, d in enumerate(drafts)
-        ]
+        committed += _numbered(run_id, int(last), wanted[run_id], now)
         touch(conn, f"run:{run_id}")
     touch(conn, "runs")
-    direct.execute_many(conn, _INSERT_EVENT, [_event_row(e, tx) for e in committed])
-    conn.info.setdefault("baton_appended", []).extend(committed)
+    _insert(conn, committed, int(conn.info["baton_tx"]))
 
 
 def _check_sizes(drafts: Sequence[EventDraft]) -> None:
@@ -119,17 +104,32 @@ def _check_sizes(drafts: Sequence[EventDraft]) -> None:
             )
 
 
-def _event_row(event: RecentEvent, tx: int) -> dict[str, Any]:
-    return {
-        "run_id": event.run_id,
-        "seq": event.seq,
-        "tx": tx,
-        "type": event.type,
-        "step_key": event.step_key,
-        "attempt": event.attempt,
-        "payload": event.payload,
-        "created_at": event.created_at,
-    }
+def _numbered(run_id: str, last: int, drafts: Sequence[EventDraft], now: float) -> list[RecentEvent]:
+    """The drafts as the run's events up to `last`, its bumped sequence."""
+    first = last - len(drafts) + 1
+    return [
+        RecentEvent(run_id, first + i, d.type, d.step_key, d.attempt, d.payload, now)
+        for i, d in enumerate(drafts)
+    ]
+
+
+def _insert(conn: Connection, committed: list[RecentEvent], tx: int) -> None:
+    rows = [
+        {
+            "run_id": e.run_id,
+            "seq": e.seq,
+            "tx": tx,
+            "type": e.type,
+            "step_key": e.step_key,
+            "attempt": e.attempt,
+            "payload": e.payload,
+            "created_at": e.created_at,
+        }
+        for e in committed
+    ]
+    direct.execute_many(conn, _INSERT_EVENT, rows)
+    # Published to this process's live streams once (and only if) the transaction commits.
+    conn.info.setdefault("baton_appended", []).extend(committed)
 
 
 def events_after(conn: Connection, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Row[Any]]:

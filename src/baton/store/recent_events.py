@@ -4,8 +4,8 @@ A run followed by ten streams used to cost a query per commit (shared by the ten
 went out; with fifty talking runs that was most of a server's time (bench/stream.py, issue 7).
 The window of a run only ever holds a contiguous, committed range of its `seq`s, so a reader
 that finds no `after + 1` in the window reads the store. On PostgreSQL the events other
-processes commit arrive here too, in their transaction's notification (`encode_for_notify`),
-when they fit in one.
+processes commit arrive here too, in their transaction's notifications (`encode_for_notify`);
+an event too big for one is read from the store.
 """
 
 from __future__ import annotations
