@@ -1,4 +1,4 @@
-"""SQLite group commit: writes that queue up share one transaction, yet each behaves as if alone."""
+"""Group commit (SQLite: queued writes; PostgreSQL: those of one run): each write behaves as if alone."""
 
 from __future__ import annotations
 
@@ -93,3 +93,92 @@ async def test_a_committed_group_is_durable_for_a_new_connection(tmp_path: Path)
         assert len(await reopened.read(_bodies)) == 20
     finally:
         await reopened.close()
+
+
+# --- PostgreSQL: writes of one run commit together -------------------------------------------
+
+
+def _pg_table(conn: Connection) -> None:
+    conn.execute(text("CREATE TABLE notes (id SERIAL PRIMARY KEY, run TEXT, body TEXT UNIQUE)"))
+
+
+def _run_insert(run: str, body: str, hold: threading.Event | None = None) -> Any:
+    def write(conn: Connection) -> int:
+        if hold is not None:
+            hold.wait(5)  # keep this write in flight so that the next ones of its run queue up
+        conn.execute(text("INSERT INTO notes (run, body) VALUES (:run, :body)"), {"run": run, "body": body})
+        return int(conn.execute(text("SELECT count(*) FROM notes")).scalar_one())
+
+    return write
+
+
+def _pg_bodies(conn: Connection) -> list[str]:
+    return list(conn.execute(text("SELECT body FROM notes ORDER BY id")).scalars())
+
+
+@pytest.mark.postgres
+async def test_postgres_writes_of_one_run_queued_behind_one_in_flight_commit_together(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await Database.open(postgres_url)
+    groups: list[int] = []
+    real = database_module._commit_bodies
+
+    def counted(engine: Any, dialect: Any, bodies: list[Any]) -> Any:
+        groups.append(len(bodies))
+        return real(engine, dialect, bodies)
+
+    monkeypatch.setattr(database_module, "_commit_bodies", counted)
+    hold = threading.Event()
+    try:
+        await db.write(_pg_table)
+        first = asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", "a", hold)))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", b))) for b in "bcd"]
+        other = asyncio.ensure_future(db.write_for_run("r2", _run_insert("r2", "x")))
+        assert await other == 1  # another run's write does not wait for r1's
+        await asyncio.sleep(0.05)
+        hold.set()
+        assert await first == 2
+        # Each caller sees its own write and those before it, and nothing after it.
+        assert await asyncio.gather(*queued) == [3, 4, 5]
+        assert groups == [3], groups  # the three queued writes shared one transaction
+        assert await db.read(_pg_bodies) == ["x", "a", "b", "c", "d"]
+        assert db._run_writes == {}  # nothing left waiting
+    finally:
+        hold.set()
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_failing_write_of_a_group_fails_alone(postgres_url: str) -> None:
+    db = await Database.open(postgres_url)
+    hold = threading.Event()
+
+    def half_then_fail(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO notes (run, body) VALUES ('r1', 'half')"))
+        raise ValueError("this write fails after writing")
+
+    try:
+        await db.write(_pg_table)
+        first = asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", "a", hold)))
+        await asyncio.sleep(0.05)
+        queued = [
+            asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", "b"))),
+            asyncio.ensure_future(db.write_for_run("r1", half_then_fail)),
+            asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", "a"))),  # UNIQUE refuses it
+            asyncio.ensure_future(db.write_for_run("r1", _run_insert("r1", "c"))),
+        ]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await first
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        assert results[0] == 2
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[2], StoreError)
+        assert results[3] == 3
+        assert await db.read(_pg_bodies) == ["a", "b", "c"]
+        assert await db.write_for_run("r1", _run_insert("r1", "d")) == 4  # the run's writes go on
+    finally:
+        hold.set()
+        await db.close()

@@ -249,7 +249,7 @@ class StepExecution:
         then re-raises: the worker counts the step as in flight until its end is recorded. `then`
         gets the committed result before any cancellation is re-raised.
         """
-        write = asyncio.ensure_future(self.db.write(self.trace.watch(fn), *args))
+        write = asyncio.ensure_future(self.db.write_for_run(self.claim.run_id, self.trace.watch(fn), *args))
         interrupted = False
         while not write.done():
             try:

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,16 +138,18 @@ def touch(conn: Connection, *topics: str) -> None:
 class Database:
     """One database: its engine and dialect, and transactions that retry on contention.
 
-    PostgreSQL goes through psycopg's async driver. SQLite runs each whole transaction on a
-    thread of its own through the plain sqlite3 driver: one hand-off per transaction instead of
-    one per statement, and a single writer thread, so this process never contends with itself
-    for SQLite's one write lock (other processes are handled by busy_timeout and retries).
+    Each whole transaction runs on a thread (one hand-off per transaction, not per statement):
+    PostgreSQL's through psycopg's synchronous driver on a thread per pooled connection, SQLite's
+    through the plain sqlite3 driver with a single writer thread, so that this process never
+    contends with itself for SQLite's one write lock (other processes: busy_timeout and retries).
 
     SQLite writes are group-committed: write transactions that queue up while the writer thread
     is busy run back to back in one SQLite transaction, each inside its own savepoint, and share
     one commit (one fsync). Each caller still learns its result only after that commit, and a
     body that fails rolls back to its savepoint alone, so every caller sees exactly what it would
-    see alone: serial transactions, all durable before they are acknowledged.
+    see alone: serial transactions, all durable before they are acknowledged. On PostgreSQL the
+    writes of one run that queue up behind one in flight are committed together
+    (`write_for_run`).
     """
 
     def __init__(self, url: str, engine: Engine, dialect: Dialect) -> None:
@@ -176,6 +179,9 @@ class Database:
         self._queued_writes: list[_QueuedWrite] = []
         self._writes_lock = threading.Lock()
         self._writer_busy = False
+        #: PostgreSQL: per run with a write in flight, the writes of that run waiting for it
+        self._run_writes: dict[str, list[_RunWrite]] = {}
+        self._group_tasks: set[asyncio.Task[None]] = set()
         #: the writer thread's own connection, kept open: no pool check-out, reset and check-in
         #: around every group (a tenth of a step's cost on SQLite)
         self._write_conn: Connection | None = None
@@ -239,50 +245,117 @@ class Database:
         """Run `fn(conn, …)` in one read transaction."""
         return await self._transaction(True, fn, *args, **kwargs)
 
+    async def write_for_run(
+        self, run_id: str, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A write whose first act is to lock the row of run `run_id` (a step's result, failure, cancel).
+
+        On PostgreSQL such writes of one run that arrive while one of them is in flight commit
+        together, back to back in one transaction: the run's row lock is taken by one session,
+        once, instead of every other session queueing on it through its own commit (a fan-out's
+        completions did, one by one). Each caller still gets its own result, after the commit. A
+        body that raises rolls the shared transaction back, and then each write runs alone, so
+        that a failure stays its own. SQLite already commits every queued write in groups.
+        """
+        if self._pg_threads is None:
+            return await self.write(fn, *args, **kwargs)
+        waiting = self._run_writes.get(run_id)
+        if waiting is not None:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            waiting.append(_RunWrite(_bound(fn, args, kwargs), done))
+            return cast(T, await done)
+        self._run_writes[run_id] = []
+        try:
+            return await self._transaction(False, fn, *args, **kwargs)
+        finally:
+            self._commit_waiting_writes(run_id)
+
+    def _commit_waiting_writes(self, run_id: str) -> None:
+        """After a write of `run_id`: commit the writes that queued behind it, as one group."""
+        group = self._run_writes.pop(run_id, [])
+        if not group:
+            return
+        self._run_writes[run_id] = []  # later writes of the run wait for this group
+        task = asyncio.get_running_loop().create_task(self._commit_run_group(run_id, group))
+        self._group_tasks.add(task)
+        task.add_done_callback(self._group_tasks.discard)
+
+    async def _commit_run_group(self, run_id: str, group: list[_RunWrite]) -> None:
+        try:
+            await self._commit_together(group)
+        finally:
+            self._commit_waiting_writes(run_id)
+
+    async def _commit_together(self, group: list[_RunWrite]) -> None:
+        assert self._pg_threads is not None
+        loop = asyncio.get_running_loop()
+        bodies = [_collecting(write.call) for write in group]
+        try:
+            outcomes = await _uninterrupted(
+                _in_thread(loop, self._pg_threads, _commit_bodies, self.engine, self.dialect, bodies)
+            )
+        except Exception as error:  # BEGIN or COMMIT failed: whether it committed is unknown
+            failure = self._translated(error) if isinstance(error, exc.DBAPIError) else error
+            for write in group:
+                _settle(write.done, False, failure)
+            return
+        if outcomes is None:  # a body raised and nothing was written: each write on its own
+            for write in group:
+                try:
+                    _settle(write.done, True, await self._transaction(False, write.call))
+                except Exception as error:
+                    _settle(write.done, False, error)
+            return
+        self._after_commit(
+            {topic for outcome in outcomes for topic in outcome.topics},
+            [event for outcome in outcomes for event in outcome.appended],
+            [row for outcome in outcomes for row in outcome.ended],
+        )
+        for write, outcome in zip(group, outcomes, strict=True):
+            _settle(write.done, True, outcome.result)
+
+    def _after_commit(self, topics: set[str], appended: list[RecentEvent], ended: list[Any]) -> None:
+        if ended:
+            self._runs_ended(ended)
+        if appended:
+            # Before the wake-up: a stream woken by this commit finds its events here.
+            self.recent_events.publish(appended)
+        if topics:
+            self.topics.notify(topics)
+
+    def _translated(self, error: exc.DBAPIError) -> Exception:
+        if _is_unreachable(error):
+            return StoreUnavailable(
+                f"cannot reach the database at {redact(self.url)}: {_first_line(error)}. "
+                "Check that it is running and that --database / BATON_DATABASE_URL points at it."
+            )
+        return StoreError(f"the database refused the operation: {_first_line(error)}")
+
     async def _transaction(
         self, read_only: bool, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         dialect = self.dialect
+        collect = _collecting(_bound(fn, args, kwargs))
 
-        def body(conn: Connection) -> tuple[T, set[str], list[RecentEvent], list[Any]]:
-            # A retried transaction must not reuse the clock or markers of the failed one.
-            for key in _TRANSACTION_MARKERS:
-                conn.info.pop(key, None)
-            result = fn(conn, *args, **kwargs)
-            topics: set[str] = conn.info.pop("baton_topics", set())
-            appended: list[RecentEvent] = conn.info.pop("baton_appended", [])
-            ended: list[Any] = conn.info.pop("baton_ended_runs", [])
-            conn.info.pop("baton_tx", None)
-            conn.info.pop("baton_now", None)
-            conn.info.pop("baton_queued", None)
-            if topics:
-                dialect.notify(conn, topics, appended)
-            return result, topics, appended, ended
+        def body(conn: Connection) -> _Outcome:
+            outcome = collect(conn)
+            if outcome.topics:
+                dialect.notify(conn, outcome.topics, outcome.appended)
+            return outcome
 
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                result, topics, appended, ended = await _uninterrupted(self._attempt(read_only, body))
-                if ended:
-                    self._runs_ended(ended)
-                if appended:
-                    # Before the wake-up: a stream woken by this commit finds its events here.
-                    self.recent_events.publish(appended)
-                if topics:
-                    self.topics.notify(topics)
-                return result
+                outcome = await _uninterrupted(self._attempt(read_only, body))
+                self._after_commit(outcome.topics, outcome.appended, outcome.ended)
+                return cast(T, outcome.result)
             except exc.DBAPIError as error:
                 if attempt < _BUSY_RETRIES and _is_contention(error):
                     self.busy_retries += 1
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 0.25)
                     continue
-                if _is_unreachable(error):
-                    raise StoreUnavailable(
-                        f"cannot reach the database at {redact(self.url)}: {_first_line(error)}. "
-                        "Check that it is running and that --database / BATON_DATABASE_URL points at it."
-                    ) from error
-                raise StoreError(f"the database refused the operation: {_first_line(error)}") from error
+                raise self._translated(error) from error
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
@@ -391,6 +464,74 @@ _TRANSACTION_MARKERS = (
 
 
 @dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one transaction body returned and left for the code around the transaction."""
+
+    result: Any
+    topics: set[str]
+    appended: list[RecentEvent]
+    ended: list[Any]
+
+
+def _bound(fn: Callable[..., T], args: Any, kwargs: Any) -> Callable[[Connection], T]:
+    """`fn(conn, *args, **kwargs)` as a function of the connection alone."""
+    if not args and not kwargs:
+        return fn
+    return lambda conn: fn(conn, *args, **kwargs)
+
+
+def _collecting(fn: Callable[[Connection], Any]) -> Callable[[Connection], _Outcome]:
+    """`fn` as a transaction body that also collects the markers it leaves in `Connection.info`."""
+
+    def body(conn: Connection) -> _Outcome:
+        # A retried transaction (or the next body of a group) must not reuse the clock or the
+        # markers of the one before.
+        for key in _TRANSACTION_MARKERS:
+            conn.info.pop(key, None)
+        result = fn(conn)
+        outcome = _Outcome(
+            result,
+            conn.info.pop("baton_topics", set()),
+            conn.info.pop("baton_appended", []),
+            conn.info.pop("baton_ended_runs", []),
+        )
+        for key in _TRANSACTION_MARKERS:
+            conn.info.pop(key, None)
+        return outcome
+
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class _RunWrite:
+    """A write of one run waiting for the one in flight (`Database.write_for_run`)."""
+
+    call: Callable[[Connection], Any]
+    done: asyncio.Future[Any]
+
+
+def _commit_bodies(
+    engine: Engine, dialect: Dialect, bodies: list[Callable[[Connection], _Outcome]]
+) -> list[_Outcome] | None:
+    """Run the bodies back to back in one transaction, with one notification and one commit.
+
+    None when a body raised: the transaction was rolled back, nothing of any body was written.
+    """
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            outcomes = [body(conn) for body in bodies]
+            topics = {topic for outcome in outcomes for topic in outcome.topics}
+            if topics:
+                dialect.notify(conn, topics, [event for outcome in outcomes for event in outcome.appended])
+        except Exception:
+            transaction.rollback()
+            return None
+        transaction.commit()
+    return outcomes
+
+
+@dataclass(frozen=True, slots=True)
 class _QueuedWrite:
     body: Callable[[Connection], Any]
     done: asyncio.Future[Any]
@@ -426,6 +567,12 @@ def _settle(done: asyncio.Future[Any], ok: bool, value: Any) -> None:
 def _sync_attempt(engine: Engine, body: Callable[[Connection], T]) -> T:
     with engine.connect() as conn, conn.begin():
         return body(conn)
+
+
+async def _in_thread(
+    loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
+) -> T:
+    return await loop.run_in_executor(threads, fn, *args)
 
 
 async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
@@ -467,15 +614,46 @@ def _create_engine(url: str, dialect: Dialect) -> Engine:
     options = " ".join(f"-c {name}={value}" for name, value in PG_SESSION_SETTINGS.items())
     # psycopg's synchronous driver, each transaction on a thread of `Database._pg_threads`: a
     # statement is one blocking round trip, without the event-loop hops and greenlet switches of
-    # the async adapter (most of a step's CPU). A ping on check-out finds connections that died
-    # with a database restart before any statement of a transaction is sent.
-    return create_engine(
+    # the async adapter (most of a step's CPU).
+    engine = create_engine(
         url,
         pool_size=PG_POOL_SIZE,
         max_overflow=PG_MAX_OVERFLOW,
-        pool_pre_ping=True,
         connect_args={"connect_timeout": 5, "options": options, **PG_CLIENT_KEEPALIVES},
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+#: a pooled PostgreSQL connection unused for longer than this is pinged before it is handed out
+PG_PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a connection on check-out only when it sat idle in the pool for a while.
+
+    The ping finds connections that died with a database restart before a transaction sends
+    anything on them. A ping on every check-out (`pool_pre_ping`) is one more round trip per
+    transaction, about 7 % of a no-op step (bench/engine.py, issue 7); a connection returned a
+    moment ago has just answered, and a restart in that moment fails its next transaction
+    exactly as it could fail right after any ping.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["baton_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("baton_returned_at")
+        if returned is None or time.monotonic() - returned <= PG_PING_AFTER_IDLE_S:
+            return  # new (it has just connected), or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as error:
+            if engine.dialect.is_disconnect(error, dbapi_conn, None):
+                raise exc.DisconnectionError(f"a pooled connection is gone: {error}") from error
+            raise
 
 
 #: what every Baton session sets on the PostgreSQL server
