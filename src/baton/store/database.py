@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -76,26 +77,46 @@ def sqlite_path(url: str) -> Path | None:
 
 
 class Topics:
-    """In-process wake-ups: a waiter sleeps until a topic it cares about changes, or a timeout."""
+    """In-process wake-ups: a waiter sleeps until a topic it cares about changes, or a timeout.
 
-    def __init__(self) -> None:
+    Each notification ticks one clock, and a topic remembers the tick of its last change, so
+    that `version` can tell a waiter whether anything changed since it last looked. Topics are
+    many and short-lived (one per run), so only the `keep` most recently changed are remembered;
+    a forgotten one reports the newest tick forgotten: a waiter that looked before it may wake
+    once for nothing, and none misses a change.
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
-        self._versions: dict[str, int] = {}
+        self._changed: dict[str, int] = {}
+        self._clock = 0
+        self._forgotten = 0
+        self._keep = keep
 
     def version(self, topics: Iterable[str]) -> int:
         """A number that grows whenever one of `topics` (or "*") is notified: pass it to `wait(since=)`."""
-        return sum(self._versions.get(topic, 0) for topic in (*topics, "*"))
+        return max(self._changed.get(topic, self._forgotten) for topic in (*topics, "*"))
 
     def notify(self, topics: Iterable[str]) -> None:
         names = set(topics)
+        self._clock += 1
         for topic in names:
-            self._versions[topic] = self._versions.get(topic, 0) + 1
+            self._changed.pop(topic, None)  # re-inserted last: the dict stays in order of change
+            self._changed[topic] = self._clock
+        if len(self._changed) > 2 * self._keep:
+            self._forget_oldest()
         wake_all = "*" in names
         for topic, futures in list(self._waiters.items()):
             if wake_all or topic in names:
                 for fut in futures:
                     if not fut.done():
                         fut.set_result(True)
+
+    def _forget_oldest(self) -> None:
+        drop = len(self._changed) - self._keep
+        oldest = list(itertools.islice(self._changed, drop))
+        for topic in oldest:
+            self._forgotten = max(self._forgotten, self._changed.pop(topic))
 
     async def wait(self, topics: Iterable[str], timeout: float, *, since: int | None = None) -> bool:
         """True when woken, False on timeout.
