@@ -80,6 +80,10 @@ class Results:
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:
+        if not self.quick:
+            wait_for_quiet(self)
+
     def add(
         self,
         name: str,
@@ -317,6 +321,28 @@ def machine() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "load": load,
     }
+
+
+#: a full bench starts once the 1-minute load average is below this share of the cores...
+QUIET_LOAD_PER_CORE = 1.0
+#: ...or after this many seconds of waiting for it
+QUIET_WAIT_MAX_S = 150.0
+
+
+def wait_for_quiet(results: Results) -> None:
+    """Let what ran before (the previous bench's processes, its database's clean-up) die down.
+
+    `make bench` runs the benches back to back, and the latency tails of one measured right
+    after the throughput bench (load average 7) were twice those of the same code on a quiet
+    machine.
+    """
+    below = QUIET_LOAD_PER_CORE * (os.cpu_count() or 1)
+    started = time.monotonic()
+    while os.getloadavg()[0] > below and time.monotonic() - started < QUIET_WAIT_MAX_S:
+        time.sleep(2)
+    waited = time.monotonic() - started
+    if waited >= 2:
+        results.note(f"waited {waited:.0f} s for a quieter machine: load average {os.getloadavg()[0]:.1f}")
 
 
 def print_load(results: Results) -> None:
