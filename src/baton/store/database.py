@@ -593,6 +593,7 @@ def _sync_attempt(engine: Engine, body: Callable[[Connection], T]) -> T:
 async def _in_thread(
     loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
 ) -> T:
+    """`fn(*args)` on one of `threads`, as the coroutine `_uninterrupted` takes."""
     return await loop.run_in_executor(threads, fn, *args)
 
 
