@@ -1,6 +1,7 @@
 """Engine overhead benchmark: per-step cost of the durable run engine with no-op steps.
 
     python bench/engine.py [--repeat N] [--concurrency 8] [--no-postgres]
+    python bench/engine.py --compare CHECKOUT [--rounds 3]   # this code against another's
 
 With the in-process worker (concurrency 8) it runs two workloads of no-op async code steps:
 
@@ -30,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,7 +171,62 @@ async def main(args: argparse.Namespace) -> int:
         target = TARGETS_MS[case]
         verdict = "PASS" if ms <= target else "MISS"
         print(f"target: {case} <= {target:g} ms/step: {verdict} ({ms:.2f})", flush=True)
+    if args.json:
+        print(json.dumps(results), flush=True)
     return 0
+
+
+# --- --compare: this checkout against another, alternating ------------------------------------
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Run this bench on this checkout's code and on another's, alternating, and print both.
+
+    The machine's speed can drift by half within an hour, so two runs made minutes apart say
+    little; rounds alternate (this, other; then other, this) so that a drift weighs on both.
+    The other checkout's `src/` goes first on PYTHONPATH; the bench itself is this file.
+    """
+    other = Path(args.compare).resolve()
+    if not (other / "src" / "baton").is_dir():
+        raise SystemExit(
+            f"--compare {args.compare}: no src/baton there; give the root of a Baton checkout, "
+            "for example one made with `git worktree add /tmp/before <commit>`"
+        )
+    sides = {"this": Path(__file__).resolve().parent.parent / "src", "other": other / "src"}
+    figures: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
+    for round_ in range(args.rounds):
+        for side in ("this", "other") if round_ % 2 == 0 else ("other", "this"):
+            command = [sys.executable, __file__, "--json", "--repeat", str(args.repeat)]
+            command += ["--concurrency", str(args.concurrency)]
+            command += ["--no-postgres"] if args.no_postgres else []
+            env = {**os.environ, "PYTHONPATH": str(sides[side])}
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"the bench on {sides[side]} failed:\n{done.stderr[-2000:]}")
+            for case, ms in json.loads(done.stdout.strip().splitlines()[-1]):
+                figures[side].setdefault(case, []).append(ms)
+                print(f"round {round_ + 1}, {side} ({sides[side]}): {case} {ms:.2f} ms/step", flush=True)
+    for line in comparison_lines(figures["this"], figures["other"]):
+        print(line, flush=True)
+    return 0
+
+
+def comparison_lines(this: dict[str, list[float]], other: dict[str, list[float]]) -> list[str]:
+    """One line per case: each side's figures and median, and how this side's median compares."""
+    lines = []
+    for case in this:
+        mine, theirs = this[case], other.get(case, [])
+        if not theirs:
+            lines.append(f"{case}: this {_listed(mine)}; the other checkout has no figure")
+            continue
+        ours, before = statistics.median(mine), statistics.median(theirs)
+        change = (ours - before) / before
+        lines.append(f"{case}: this {_listed(mine)} against {_listed(theirs)} ms/step: {change:+.0%}")
+    return lines
+
+
+def _listed(values: list[float]) -> str:
+    return f"{'/'.join(f'{v:.2f}' for v in values)} (median {statistics.median(values):.2f})"
 
 
 if __name__ == "__main__":
@@ -176,5 +234,13 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3, help="measured runs per case (median printed)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--compare",
+        metavar="CHECKOUT",
+        help="another Baton checkout (its root): run the bench on both codes, alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: runs of each side")
+    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON line")
+    parsed = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    sys.exit(compare(parsed) if parsed.compare else asyncio.run(main(parsed)))
