@@ -186,6 +186,8 @@ def compare(args: argparse.Namespace) -> int:
     little; rounds alternate (this, other; then other, this) so that a drift weighs on both.
     The other checkout's `src/` goes first on PYTHONPATH; the bench itself is this file.
     """
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, not {args.rounds}")
     other = Path(args.compare).resolve()
     if not (other / "src" / "baton").is_dir():
         raise SystemExit(
