@@ -72,7 +72,11 @@ def _fmt(value: float) -> str:
 
 @dataclass
 class Results:
-    """The figures of one bench run, printed as they come and saved as JSON at the end."""
+    """The figures of one bench run, printed as they come and saved as JSON at the end.
+
+    Made at the start of a bench: a full-size one waits there for a quiet machine
+    (`wait_for_quiet`), so that every bench gets the wait without each calling it.
+    """
 
     bench: str
     quick: bool
