@@ -116,10 +116,10 @@ def seed_statements(runs: int, dialect: str) -> list[str]:
     )
     insert_steps = (
         series.format(last=2 * runs - 1)
-        + "INSERT INTO steps (id, run_id, key, kind, status, needs, needs_key, unmet, position, spec,"
+        + "INSERT INTO steps (id, run_id, key, kind, status, needs, unmet, position, spec,"
         " attempt, max_attempts, available_at, started_at, finished_at, output_text, engine) "
         f"SELECT 'step_seed_' || {pad.format(i='i')}, 'run_seed_' || {pad.format(i='i / 2')},"
-        " 's' || (i % 2), 'agent', 'succeeded', '[]'" + json_cast + ", '', 0, i % 2,"
+        " 's' || (i % 2), 'agent', 'succeeded', '[]'" + json_cast + ", 0, i % 2,"
         f" '{SPEC}'{json_cast}, 1, 3, 0, {T0}, {T0} + 2, 'Seeded output of a step.', 'offline' "
         f"FROM {source.format(last=2 * runs - 1)}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,45 @@ def test_the_quick_head_read_without_alembic_is_alembics_head() -> None:
     from baton.store.migrate import head_revision, quick_head_revision
 
     assert quick_head_revision() == head_revision()
+
+
+def test_step_needs_are_moved_into_rows_and_back(database_url: str) -> None:
+    """0009 turns each step's needs into `step_needs` rows (steps of any status); its downgrade
+    restores the `needs_key` column those rows replaced."""
+    from alembic import command
+
+    from baton.store.migrate import alembic_config
+
+    cfg = alembic_config(database_url)
+    command.downgrade(cfg, "0008")
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO runs (id, flow, inputs, status, policy, concurrency_key, created_at, updated_at)"
+                " VALUES ('run_m', 'f', '{}', 'running', '{}', 'k', 1, 1)"
+            )
+            for key, status, needs in [
+                ("a", "succeeded", []),
+                ("b", "pending", ["a"]),
+                ("c", "succeeded", ["a", "b"]),
+            ]:
+                conn.exec_driver_sql(
+                    "INSERT INTO steps (id, run_id, key, kind, status, needs, needs_key, position, spec)"
+                    f" VALUES ('stp_{key}', 'run_m', '{key}', 'code', '{status}', '{json.dumps(needs)}',"
+                    f" '{'|' + '|'.join(needs) + '|' if needs else ''}', 0, '{{}}')"
+                )
+        command.upgrade(cfg, "head")
+        assert _diff(database_url) == []
+        with engine.connect() as conn:
+            rows = set(conn.exec_driver_sql("SELECT run_id, need, step_key FROM step_needs").all())
+        assert rows == {("run_m", "a", "b"), ("run_m", "a", "c"), ("run_m", "b", "c")}
+
+        command.downgrade(cfg, "0008")
+        with engine.connect() as conn:
+            restored = dict(conn.exec_driver_sql("SELECT key, needs_key FROM steps").all())
+        assert restored == {"a": "", "b": "|a|", "c": "|a|b|"}
+        command.upgrade(cfg, "head")
+        assert _diff(database_url) == []
+    finally:
+        engine.dispose()

@@ -98,8 +98,6 @@ steps = Table(
     Column("kind", String(10), nullable=False),
     Column("status", String(12), nullable=False),
     Column("needs", JSON, nullable=False),
-    # `needs` as `|a|b|`, so the steps waiting on one that just succeeded are found by one LIKE.
-    Column("needs_key", Text, nullable=False, server_default=""),
     #: how many of `needs` have not succeeded yet; a pending step with 0 is ready
     Column("unmet", Integer, nullable=False, server_default="0"),
     Column("position", Integer, nullable=False),
@@ -126,7 +124,21 @@ steps = Table(
     # The claim query: queued steps whose time has come, oldest first.
     Index("ix_steps_claimable", "status", "available_at"),
     Index("ix_steps_lease", "status", "lease_expires_at"),
-    Index("ix_steps_run_status", "run_id", "status"),
+    # A run's steps in one status; with `unmet`, its pending steps that became ready are a range,
+    # not a scan of every pending step (a step's end of a long chain read all of them).
+    Index("ix_steps_run_status_unmet", "run_id", "status", "unmet"),
+)
+
+# One row per need of a step: the steps waiting on one that just succeeded are found by the
+# primary key, where a LIKE over every pending step's needs made each step's end cost grow
+# with the run's length (a 1,000-step chain: quadratic).
+step_needs = Table(
+    "step_needs",
+    metadata,
+    Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("need", String(100), nullable=False),
+    Column("step_key", String(100), nullable=False),
+    PrimaryKeyConstraint("run_id", "need", "step_key"),
 )
 
 events = Table(

@@ -6,14 +6,26 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    case,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 
 from baton.domain.ids import new_id, new_lease_token
 from baton.domain.status import StepStatus
 from baton.store import direct
 from baton.store.clock import db_now, dialect_of
 from baton.store.database import touch
-from baton.store.schema import runs, steps
+from baton.store.schema import runs, step_needs, steps
 
 S = StepStatus
 
@@ -22,7 +34,8 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
     """Insert step rows (each with key, kind, needs, position, spec, max_attempts, status…).
 
     Each row gets `unmet`: how many of its needs have not succeeded, counting steps already in
-    the run (for steps a flow adds later) and succeeded rows of this batch (for forks).
+    the run (for steps a flow adds later) and succeeded rows of this batch (for forks). Each
+    need is also a `step_needs` row, by which the step is found when that need succeeds.
     """
     if not rows:
         return
@@ -33,44 +46,52 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
                 select(steps.c.key).where(steps.c.run_id == run_id, steps.c.status == S.SUCCEEDED.value)
             ).scalars()
         )
-    conn.execute(
-        insert(steps),
-        [
+    values = []
+    edges = []
+    for row in rows:
+        needs = list(dict.fromkeys(row.get("needs") or ()))
+        values.append(
             {
                 "id": new_id("stp"),
                 "run_id": run_id,
-                "needs_key": needs_key(row.get("needs") or ()),
-                "unmet": sum(1 for need in row.get("needs") or () if need not in done),
+                "unmet": sum(1 for need in needs if need not in done),
                 **row,
+                "needs": needs,
             }
-            for row in rows
-        ],
-    )
-
-
-def needs_key(needs: Iterable[str]) -> str:
-    needs = list(needs)
-    return "|" + "|".join(needs) + "|" if needs else ""
+        )
+        edges += [{"run_id": run_id, "need": need, "step_key": row["key"]} for need in needs]
+    conn.execute(insert(steps), values)
+    if edges:
+        conn.execute(insert(step_needs), edges)
 
 
 def satisfy_dependents(conn: Connection, run_id: str, key: str) -> None:
     """`key` succeeded: every pending step that needs it has one unmet need fewer."""
-    direct.execute(conn, _SATISFY, {"rid": run_id, "pattern": "%|" + _escape_like(key) + "|%"})
+    statement = _SATISFY_SQLITE if conn.dialect.name == "sqlite" else _SATISFY
+    direct.execute(conn, statement, {"rid": run_id, "need": key})
 
 
-def _escape_like(value: str) -> str:
-    return value.replace("/", "//").replace("%", "/%").replace("_", "/_")
-
-
-_SATISFY = (
-    update(steps)
-    .where(
-        steps.c.run_id == bindparam("rid"),
-        steps.c.status == S.PENDING.value,
-        steps.c.needs_key.like(bindparam("pattern"), escape="/"),
+def _satisfy(status: Any) -> Any:
+    return (
+        update(steps)
+        .where(
+            steps.c.run_id == bindparam("rid"),
+            steps.c.key.in_(
+                select(step_needs.c.step_key).where(
+                    step_needs.c.run_id == bindparam("rid"), step_needs.c.need == bindparam("need")
+                )
+            ),
+            status == S.PENDING.value,
+        )
+        .values(unmet=steps.c.unmet - 1)
     )
-    .values(unmet=steps.c.unmet - 1)
-)
+
+
+_SATISFY = _satisfy(steps.c.status)
+# SQLite's planner, without statistics, walks every pending step of the run by (run_id, status)
+# rather than the few dependents by (run_id, key): 40 us against 5 us at 200 pending steps, and
+# growing with the run. The unary `+` keeps it off that index.
+_SATISFY_SQLITE = _satisfy(literal_column("+steps.status"))
 
 
 def recount_unmet(conn: Connection, run_id: str) -> None:
