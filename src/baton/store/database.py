@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,7 +313,7 @@ class Database:
         bodies = [_collecting(write.call) for write in group]
         try:
             outcomes = await _uninterrupted(
-                _in_thread(loop, self._pg_threads, _commit_bodies, self.engine, self.dialect, bodies)
+                loop.run_in_executor(self._pg_threads, _commit_bodies, self.engine, self.dialect, bodies)
             )
         except Exception as error:  # BEGIN or COMMIT failed: whether it committed is unknown
             failure = self._translated(error) if isinstance(error, exc.DBAPIError) else error
@@ -367,7 +367,7 @@ class Database:
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                outcome = await _uninterrupted(self._attempt(read_only, body))
+                outcome = await _uninterrupted(self._start_attempt(read_only, body))
                 self._after_commit(outcome.topics, outcome.appended, outcome.ended)
                 return cast(T, outcome.result)
             except exc.DBAPIError as error:
@@ -379,26 +379,29 @@ class Database:
                 raise self._translated(error) from error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, read_only: bool, body: Callable[[Connection], T]) -> T:
+    def _start_attempt(self, read_only: bool, body: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Start one transaction attempt on its thread; the future settles once it has ended."""
         loop = asyncio.get_running_loop()
         if self._pg_threads is not None:
-            return await loop.run_in_executor(self._pg_threads, _sync_attempt, self.engine, body)
+            return loop.run_in_executor(self._pg_threads, _sync_attempt, self.engine, body)
         if read_only and self._read_engine is not None:
-            return await loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
-        done: asyncio.Future[Any] = loop.create_future()
+            return loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
+        done: asyncio.Future[T] = loop.create_future()
         with self._writes_lock:
             self._queued_writes.append(_QueuedWrite(body, done, loop))
             start = not self._writer_busy
             self._writer_busy = True
         if start:
             try:
-                loop.run_in_executor(self._writer, self._write_queued, self.engine)
+                # `submit`, not `run_in_executor`: each write's future is settled by the writer
+                # thread itself, and the executor's own future would only wake the loop again.
+                self._writer.submit(self._write_queued, self.engine)
             except RuntimeError:  # the database is closed: nothing will ever write this
                 with self._writes_lock:
                     self._queued_writes.clear()
                     self._writer_busy = False
                 raise
-        return cast(T, await done)
+        return done
 
     # --- wake-ups --------------------------------------------------------------------------
 
@@ -462,7 +465,8 @@ class Database:
                 if isinstance(error, exc.DBAPIError):
                     self._close_write_conn()  # the next group starts on a fresh connection
             for write, (ok, value) in zip(group, outcomes, strict=True):
-                write.loop.call_soon_threadsafe(_settle, write.done, ok, value)
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits for it
+                    write.loop.call_soon_threadsafe(_settle, write.done, ok, value)
 
     def _close_write_conn(self) -> None:
         """On the writer thread: drop its connection (after a failure, or when the database closes)."""
@@ -590,34 +594,26 @@ def _sync_attempt(engine: Engine, body: Callable[[Connection], T]) -> T:
         return body(conn)
 
 
-async def _in_thread(
-    loop: asyncio.AbstractEventLoop, threads: ThreadPoolExecutor, fn: Callable[..., T], *args: Any
-) -> T:
-    """`fn(*args)` on one of `threads`, as the coroutine `_uninterrupted` takes."""
-    return await loop.run_in_executor(threads, fn, *args)
-
-
-async def _uninterrupted(attempt: Coroutine[Any, Any, T]) -> T:
-    """Run one transaction attempt to its end even if the caller is cancelled meanwhile.
+async def _uninterrupted(attempt: asyncio.Future[T]) -> T:
+    """Wait for one transaction attempt to end even if the caller is cancelled meanwhile.
 
     A cancellation (a request whose client went away, a step task the worker stops, a flusher
-    being shut down) that lands inside a transaction leaves its connection half-way; SQLAlchemy
-    then throws the connection away, and with aiosqlite its SQLite transaction - and the write
-    lock - could outlive it, so every later writer waited on `database is locked` forever. The
-    attempt is short: the caller waits for it (commit or rollback), then gets its cancellation.
+    being shut down) must not leave a transaction half-way, nor its caller believing it did not
+    happen: the attempt runs on its thread to its commit or rollback, the caller waits for that,
+    then gets its cancellation. The attempt is a future, not a task: a task per transaction
+    cost a turn of the event loop before the write was even queued.
     """
-    task = asyncio.ensure_future(attempt)
     cancelled = False
-    while not task.done():
+    while not attempt.done():
         try:
-            await asyncio.wait({task})
+            await asyncio.wait((attempt,))
         except asyncio.CancelledError:
             cancelled = True
     if cancelled:
-        if not task.cancelled():
-            task.exception()  # retrieve it: nobody is left to read it, and asyncio would warn
+        if not attempt.cancelled():
+            attempt.exception()  # retrieve it: nobody is left to read it, and asyncio would warn
         raise asyncio.CancelledError
-    return task.result()
+    return attempt.result()
 
 
 def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
