@@ -734,7 +734,8 @@ def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # On the cursor: through `exec_driver_sql` this cost a tenth of a no-op step's writer time.
+        direct.execute_sql(conn, "BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _is_contention(error: exc.DBAPIError) -> bool:
