@@ -127,8 +127,10 @@ class StepExecution:
                 async with asyncio.timeout(timeout):
                     produced = await self._call()
             finally:
+                followed = self.ctx.on_first_output is None  # taken: the step emitted something
                 self.ctx.on_first_output = None
-                await asyncio.sleep(0)  # let a follow() scheduled from a thread happen first
+                if followed:
+                    await asyncio.sleep(0)  # let a follow() scheduled from a thread happen first
                 await self.output.release(self)
             if not await self._flush():
                 return
