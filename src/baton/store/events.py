@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -127,9 +128,36 @@ def _insert(conn: Connection, committed: list[RecentEvent], tx: int) -> None:
         }
         for e in committed
     ]
-    direct.execute_many(conn, _INSERT_EVENT, rows)
+    if conn.dialect.name == "postgresql" and len(rows) <= _MULTI_ROW_MAX:
+        # One statement, not psycopg's executemany (a pipeline per call): 30-35 us less CPU for
+        # a step's three events. SQLite's executemany is a C loop and as fast as one statement.
+        direct.execute(conn, _insert_rows(len(rows)), _numbered_params(rows))
+    else:
+        direct.execute_many(conn, _INSERT_EVENT, rows)
     # Published to this process's live streams once (and only if) the transaction commits.
     conn.info.setdefault("baton_appended", []).extend(committed)
+
+
+_MULTI_ROW_MAX = 16
+
+
+@functools.lru_cache(maxsize=_MULTI_ROW_MAX)
+def _insert_rows(count: int) -> Any:
+    """`_INSERT_EVENT` for `count` rows in one statement: the binds of row i are `<field>_<i>`."""
+    return (
+        insert(events)
+        .inline()
+        .values(
+            [
+                {name: bindparam(f"{name}_{i}", type_=events.c[name].type) for name in _EVENT_FIELDS}
+                for i in range(count)
+            ]
+        )
+    )
+
+
+def _numbered_params(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {f"{name}_{i}": value for i, row in enumerate(rows) for name, value in row.items()}
 
 
 def events_after(conn: Connection, run_id: str, after_seq: int = 0, limit: int = 1000) -> list[Row[Any]]:
