@@ -190,7 +190,14 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="baton-sqlite-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="baton-sqlite-read")
         sqlite = dialect.name == "sqlite"
-        self._read_engine = _sqlite_engine(url, read_only=True) if sqlite else None
+        #: SQLite: read-only connections of their own. PostgreSQL: the same pool in autocommit,
+        #: since at READ COMMITTED each statement of a read transaction takes its own snapshot
+        #: anyway, and BEGIN and COMMIT were two of a one-statement read's three round trips.
+        self._read_engine = (
+            _sqlite_engine(url, read_only=True)
+            if sqlite
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         #: PostgreSQL: one thread per connection the pool may hold
         self._pg_threads = (
             None
@@ -244,8 +251,7 @@ class Database:
             self._writer.shutdown(wait=True)
             self._readers.shutdown(wait=True)
             self.engine.dispose()
-            if self._read_engine is not None:
-                self._read_engine.dispose()
+            self._read_engine.dispose()
 
     # --- transactions --------------------------------------------------------------------
 
@@ -383,8 +389,9 @@ class Database:
         """Start one transaction attempt on its thread; the future settles once it has ended."""
         loop = asyncio.get_running_loop()
         if self._pg_threads is not None:
-            return loop.run_in_executor(self._pg_threads, _sync_attempt, self.engine, body)
-        if read_only and self._read_engine is not None:
+            engine = self._read_engine if read_only else self.engine
+            return loop.run_in_executor(self._pg_threads, _sync_attempt, engine, body)
+        if read_only:
             return loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
         done: asyncio.Future[T] = loop.create_future()
         with self._writes_lock:
