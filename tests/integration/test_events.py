@@ -121,6 +121,40 @@ async def test_concurrent_appends_to_one_run_get_dense_seqs(rt: Runtime) -> None
     assert run["last_seq"] == len(rows)
 
 
+async def test_appends_of_any_size_keep_their_fields_and_order(rt: Runtime) -> None:
+    """Appends of 1 to 40 events (PostgreSQL inserts up to 16 in one statement, more with
+    executemany): consecutive seqs, ids in seq order, every field as drafted, one transaction
+    marker; a missing run is refused with what is wrong, and nothing is written."""
+    run_id = await new_run(rt)
+    start = len(await rt.db.read(events_after, run_id))
+    for size in (1, 3, 16, 17, 40):
+        drafts = [
+            EventDraft(
+                "step.delta", {"text": f'"{size}.{i}" «✓»\n'}, step_key=f"k{i % 2}", attempt=i % 3 or None
+            )
+            if i % 2
+            else EventDraft("log", {"message": "plain", "n": i})
+            for i in range(size)
+        ]
+        seqs = await rt.db.write(append_events, run_id, drafts)
+        assert seqs == list(range(start + 1, start + size + 1))
+        rows = await rt.db.read(events_after, run_id, start, 1000)
+        assert [r.seq for r in rows] == seqs
+        assert [(r.type, r.step_key, r.attempt, r.payload) for r in rows] == [
+            (d.type, d.step_key, d.attempt, d.payload) for d in drafts
+        ]
+        assert [r.id for r in rows] == sorted(r.id for r in rows), "ids follow seqs in a transaction"
+        assert len({r.tx for r in rows}) == 1, "one transaction, one marker"
+        start += size
+    run = await rt.lifecycle.get_run(run_id)
+    assert run["last_seq"] == start
+
+    before = len(await all_events(rt))
+    with pytest.raises(ValueError, match="run run_missing: it does not exist"):
+        await rt.db.write(append_events, "run_missing", [EventDraft("log", {"message": "lost"})])
+    assert len(await all_events(rt)) == before
+
+
 # --- the global log -------------------------------------------------------------------------
 
 

@@ -46,10 +46,13 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
     params = {"run_id": run_id, "n": len(drafts)}
     if conn.dialect.name == "postgresql" and "baton_tx" not in conn.info:
         bumped = direct.first(conn, _BUMP_SEQ_READING_TX, params)
-        last, conn.info["baton_tx"] = bumped[0], bumped[1]
+        if bumped is not None:
+            conn.info["baton_tx"] = bumped[1]
     else:
-        last = direct.first(conn, _BUMP_SEQ, params)[0]
-    committed = _numbered(run_id, int(last), drafts, db_now(conn))
+        bumped = direct.first(conn, _BUMP_SEQ, params)
+    if bumped is None:
+        raise ValueError(f"cannot append events to run {run_id}: it does not exist")
+    committed = _numbered(run_id, int(bumped[0]), drafts, db_now(conn))
     _insert(conn, committed, dialect_of(conn).transaction_marker(conn))
     touch(conn, f"run:{run_id}", "runs")
     return [event.seq for event in committed]
