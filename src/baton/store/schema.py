@@ -127,6 +127,8 @@ steps = Table(
     # A run's steps in one status; with `unmet`, its pending steps that became ready are a range,
     # not a scan of every pending step (a step's end of a long chain read all of them).
     Index("ix_steps_run_status_unmet", "run_id", "status", "unmet"),
+    # A worker that ends a step claims the next of the same run: that run's ready steps in order.
+    Index("ix_steps_run_claimable", "run_id", "status", "available_at", "position"),
 )
 
 # One row per need of a step: the steps waiting on one that just succeeded are found by the

@@ -270,7 +270,7 @@ _CLAIM_CANDIDATES = """
 SELECT steps.id FROM steps JOIN runs ON runs.id = steps.run_id
 WHERE steps.status = 'queued' AND steps.available_at <= :now
   AND runs.status = 'running' AND runs.cancel_requested_at IS NULL{flows}
-ORDER BY steps.available_at, steps.id
+ORDER BY steps.available_at, {tiebreak}
 LIMIT :limit"""
 
 
@@ -299,10 +299,15 @@ def claim_steps(
         names = sorted(flows)
         flow_filter = " AND runs.flow IN (" + ", ".join(f":flow{i}" for i in range(len(names))) + ")"
         params.update({f"flow{i}": name for i, name in enumerate(names)})
+    tiebreak = "steps.id"
     if run_id is not None:
         flow_filter += " AND steps.run_id = :run_id"
         params["run_id"] = run_id
-    query = _CLAIM_CANDIDATES.format(flows=flow_filter) + dialect_of(conn).lock_clause()
+        # One run's steps in flow order: the order of `ix_steps_run_claimable`, so the claim
+        # reads one index entry. By id, SQLite walked every queued step of every run (80 us at
+        # 1,000 queued runs, against 7) and sorted the run's ties.
+        tiebreak = "steps.position"
+    query = _CLAIM_CANDIDATES.format(flows=flow_filter, tiebreak=tiebreak) + dialect_of(conn).lock_clause()
     if limit == 1:
         # The common claim (a chain's next step, one free slot) picks and claims in one statement.
         params.update(

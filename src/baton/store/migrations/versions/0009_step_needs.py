@@ -1,4 +1,4 @@
-"""step needs as rows: a step's end finds its dependents by key, not by a LIKE over the run
+"""step needs as rows, and a run's claimable steps in order: a step's end reads what it needs
 
 Revision ID: 0009
 Revises: 0008
@@ -44,12 +44,16 @@ def upgrade() -> None:
     with op.batch_alter_table("steps", schema=None) as batch_op:
         batch_op.drop_index("ix_steps_run_status")
         batch_op.create_index("ix_steps_run_status_unmet", ["run_id", "status", "unmet"], unique=False)
+        batch_op.create_index(
+            "ix_steps_run_claimable", ["run_id", "status", "available_at", "position"], unique=False
+        )
         batch_op.drop_column("needs_key")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("steps", schema=None) as batch_op:
         batch_op.add_column(sa.Column("needs_key", sa.Text(), server_default="", nullable=False))
+        batch_op.drop_index("ix_steps_run_claimable")
         batch_op.drop_index("ix_steps_run_status_unmet")
         batch_op.create_index("ix_steps_run_status", ["run_id", "status"], unique=False)
     bind = op.get_bind()
