@@ -123,7 +123,6 @@ steps = Table(
     UniqueConstraint("run_id", "key"),
     # The claim query: queued steps whose time has come, oldest first.
     Index("ix_steps_claimable", "status", "available_at"),
-    Index("ix_steps_lease", "status", "lease_expires_at"),
     # A run's steps in one status; with `unmet`, its pending steps that became ready are a range,
     # not a scan of every pending step (a step's end of a long chain read all of them).
     Index("ix_steps_run_status_unmet", "run_id", "status", "unmet"),

@@ -42,6 +42,11 @@ def upgrade() -> None:
             " FROM steps, json_each(steps.needs) AS needs"
         )
     with op.batch_alter_table("steps", schema=None) as batch_op:
+        # The reaper's look for expired leases is `status = 'running' AND (lease_expires_at < now
+        # OR deadline_at < now)`: the OR keeps it to the status prefix, which ix_steps_claimable
+        # has too, so this index served no query and cost a write on every claim, end and
+        # heartbeat.
+        batch_op.drop_index("ix_steps_lease")
         batch_op.drop_index("ix_steps_run_status")
         batch_op.create_index("ix_steps_run_status_unmet", ["run_id", "status", "unmet"], unique=False)
         batch_op.create_index(
@@ -56,6 +61,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_steps_run_claimable")
         batch_op.drop_index("ix_steps_run_status_unmet")
         batch_op.create_index("ix_steps_run_status", ["run_id", "status"], unique=False)
+        batch_op.create_index("ix_steps_lease", ["status", "lease_expires_at"], unique=False)
     bind = op.get_bind()
     steps = sa.table(
         "steps", sa.column("id", sa.String), sa.column("needs", sa.JSON), sa.column("needs_key", sa.Text)
