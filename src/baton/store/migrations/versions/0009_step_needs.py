@@ -1,4 +1,4 @@
-"""step needs as rows, and a run's claimable steps in order: a step's end reads what it needs
+"""step needs as rows, a run's claimable steps in order, no lease index: a step's end reads what it needs
 
 Revision ID: 0009
 Revises: 0008
