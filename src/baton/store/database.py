@@ -318,7 +318,7 @@ class Database:
         loop = asyncio.get_running_loop()
         bodies = [_collecting(write.call) for write in group]
         try:
-            outcomes = await _uninterrupted(
+            committed = await _uninterrupted(
                 loop.run_in_executor(self._pg_threads, _commit_bodies, self.engine, self.dialect, bodies)
             )
         except Exception as error:  # BEGIN or COMMIT failed: whether it committed is unknown
@@ -326,29 +326,26 @@ class Database:
             for write in group:
                 _settle(write.done, False, failure)
             return
-        if outcomes is None:  # a body raised and nothing was written: each write on its own
+        if committed is None:  # a body raised and nothing was written: each write on its own
             for write in group:
                 try:
                     _settle(write.done, True, await self._transaction(False, write.call))
                 except Exception as error:
                     _settle(write.done, False, error)
             return
-        self._after_commit(
-            {topic for outcome in outcomes for topic in outcome.topics},
-            [event for outcome in outcomes for event in outcome.appended],
-            [row for outcome in outcomes for row in outcome.ended],
-        )
+        outcomes, together = committed
+        self._after_commit(together)
         for write, outcome in zip(group, outcomes, strict=True):
             _settle(write.done, True, outcome.result)
 
-    def _after_commit(self, topics: set[str], appended: list[RecentEvent], ended: list[Any]) -> None:
-        if ended:
-            self._runs_ended(ended)
-        if appended:
+    def _after_commit(self, outcome: _Outcome) -> None:
+        if outcome.ended:
+            self._runs_ended(outcome.ended)
+        if outcome.appended:
             # Before the wake-up: a stream woken by this commit finds its events here.
-            self.recent_events.publish(appended)
-        if topics:
-            self.topics.notify(topics)
+            self.recent_events.publish(outcome.appended)
+        if outcome.topics:
+            self.topics.notify(outcome.topics)
 
     def _translated(self, error: exc.DBAPIError) -> Exception:
         if _is_unreachable(error):
@@ -374,7 +371,7 @@ class Database:
         for attempt in range(_BUSY_RETRIES + 1):
             try:
                 outcome = await _uninterrupted(self._start_attempt(read_only, body))
-                self._after_commit(outcome.topics, outcome.appended, outcome.ended)
+                self._after_commit(outcome)
                 return cast(T, outcome.result)
             except exc.DBAPIError as error:
                 if attempt < _BUSY_RETRIES and _is_contention(error):
@@ -544,23 +541,29 @@ class _RunWrite:
 
 def _commit_bodies(
     engine: Engine, dialect: Dialect, bodies: list[Callable[[Connection], _Outcome]]
-) -> list[_Outcome] | None:
+) -> tuple[list[_Outcome], _Outcome] | None:
     """Run the bodies back to back in one transaction, with one notification and one commit.
 
-    None when a body raised: the transaction was rolled back, nothing of any body was written.
+    Returns each body's outcome and what they left together; None when a body raised: the
+    transaction was rolled back, nothing of any body was written.
     """
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
             outcomes = [body(conn) for body in bodies]
-            topics = {topic for outcome in outcomes for topic in outcome.topics}
-            if topics:
-                dialect.notify(conn, topics, [event for outcome in outcomes for event in outcome.appended])
+            together = _Outcome(
+                None,
+                {topic for outcome in outcomes for topic in outcome.topics},
+                [event for outcome in outcomes for event in outcome.appended],
+                [row for outcome in outcomes for row in outcome.ended],
+            )
+            if together.topics:
+                dialect.notify(conn, together.topics, together.appended)
         except Exception:
             transaction.rollback()
             return None
         transaction.commit()
-    return outcomes
+    return outcomes, together
 
 
 @dataclass(frozen=True, slots=True)
