@@ -38,9 +38,9 @@ async def test_queued_writes_share_a_commit_and_a_failing_one_rolls_back_alone(
     groups: list[int] = []
     real = database_module._commit_group
 
-    def counted(conn: Connection, bodies: list[Any]) -> list[tuple[bool, Any]]:
-        groups.append(len(bodies))
-        return real(conn, bodies)
+    def counted(conn: Connection, writes: list[Any], dialect: Any) -> list[tuple[bool, Any]]:
+        groups.append(len(writes))
+        return real(conn, writes, dialect)
 
     monkeypatch.setattr(database_module, "_commit_group", counted)
     release = threading.Event()
@@ -181,4 +181,82 @@ async def test_postgres_a_failing_write_of_a_group_fails_alone(postgres_url: str
         assert await db.write_for_run("r1", _run_insert("r1", "d")) == 4  # the run's writes go on
     finally:
         hold.set()
+        await db.close()
+
+
+# --- write_batched: writes of one run and one function merged into one call -------------------
+
+
+class _Notes:
+    """A batch function that records each call's items, and can hold or fail on an item."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.hold = threading.Event()
+
+    def add(self, conn: Connection, items: list[str]) -> list[int]:
+        self.calls.append(list(items))
+        counts = []
+        for item in items:
+            if item == "hold":
+                self.hold.wait(5)  # keep this write in flight so that the next ones queue up
+            if item == "boom":
+                conn.execute(text("INSERT INTO batched (body) VALUES ('half')"))
+                raise ValueError("this item fails after writing")
+            conn.execute(text("INSERT INTO batched (body) VALUES (:body)"), {"body": item})
+            counts.append(int(conn.execute(text("SELECT count(*) FROM batched")).scalar_one()))
+        return counts
+
+
+def _batched_table(conn: Connection) -> None:
+    conn.execute(text("CREATE TABLE batched (body TEXT PRIMARY KEY)"))
+
+
+def _batched_bodies(conn: Connection) -> list[str]:
+    return sorted(conn.execute(text("SELECT body FROM batched")).scalars())
+
+
+async def _behind_a_held_write(db: Database, notes: _Notes, queue: list[tuple[str, str]]) -> list[Any]:
+    """Queue `(run, item)` writes behind a batched write of r1 in flight; their results (or errors)."""
+    await db.write(_batched_table)
+    first = asyncio.ensure_future(db.write_batched("r1", notes.add, "hold"))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(db.write_batched(run, notes.add, item)) for run, item in queue]
+    await asyncio.sleep(0.05)
+    notes.hold.set()
+    await first  # on PostgreSQL another run's write may have committed before it
+    return await asyncio.gather(*queued, return_exceptions=True)
+
+
+async def test_batched_writes_of_one_run_queued_together_become_one_call(database_url: str) -> None:
+    db = await Database.open(database_url)
+    notes = _Notes()
+    try:
+        results = await _behind_a_held_write(db, notes, [("r1", "b"), ("r1", "c"), ("r1", "d"), ("r2", "x")])
+        # One call for the run's three queued writes, each caller with its own result.
+        assert ["b", "c", "d"] in notes.calls, notes.calls
+        assert ["x"] in notes.calls  # another run's write is never merged with them
+        assert len(notes.calls) == 3, notes.calls
+        counts = results[:3]
+        assert counts == sorted(counts) and len(set(counts)) == 3
+        assert await db.read(_batched_bodies) == ["b", "c", "d", "hold", "x"]
+        assert db._run_writes == {}
+    finally:
+        notes.hold.set()
+        await db.close()
+
+
+async def test_a_batched_call_that_raises_writes_each_item_on_its_own(database_url: str) -> None:
+    db = await Database.open(database_url)
+    notes = _Notes()
+    try:
+        results = await _behind_a_held_write(db, notes, [("r1", "b"), ("r1", "boom"), ("r1", "c")])
+        assert notes.calls[1:] == [["b", "boom", "c"], ["b"], ["boom"], ["c"]], notes.calls
+        assert isinstance(results[1], ValueError)
+        assert results[0] == 2 and results[2] == 3
+        # Nothing of the merged attempt nor of the failing item stays: only what each wrote alone.
+        assert await db.read(_batched_bodies) == ["b", "c", "hold"]
+        assert await db.write_batched("r1", notes.add, "d") == 4  # the run's writes go on
+    finally:
+        notes.hold.set()
         await db.close()

@@ -49,16 +49,16 @@ async def _execution_of_first(rt: Runtime, interrupt: Any) -> tuple[StepExecutio
     handed: list[Any] = []
     execution.claim_next = lambda: step_results.ClaimNext(WORKER, 30.0, 1, ["pair"])
     execution.handoff = handed.extend
-    real_write = rt.db.write_for_run
+    real_write = rt.db.write_batched
 
-    async def write_then_interrupt(run_id: str, fn: Any, *args: Any) -> Any:
-        result = await real_write(run_id, fn, *args)
-        if fn is step_results.record_success:
+    async def write_then_interrupt(run_id: str, fn: Any, item: Any) -> Any:
+        result = await real_write(run_id, fn, item)
+        if fn is step_results.record_successes:
             # The task has not resumed yet: this lands exactly between commit and hand-off.
             interrupt(execution)
         return result
 
-    rt.db.write_for_run = write_then_interrupt  # type: ignore[method-assign,assignment]
+    rt.db.write_batched = write_then_interrupt  # type: ignore[method-assign,assignment]
     execution.task = asyncio.create_task(execution.run())
     return execution, handed
 

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import sqlite3
 import statistics
 import time
@@ -373,6 +374,21 @@ def _calls(node: ast.AST) -> set[str]:
     return names
 
 
+_SQL_WRITE = re.compile(r"\b(UPDATE \w+ SET|INSERT INTO|DELETE FROM)\b", re.IGNORECASE)
+
+
+def _writes_sql_text(fn: ast.FunctionDef) -> bool:
+    """The function builds a writing statement from SQL text (`text(f"UPDATE steps SET …")`)."""
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # its docstring may well name an UPDATE
+    return any(
+        isinstance(sub, ast.Constant) and isinstance(sub.value, str) and _SQL_WRITE.search(sub.value)
+        for statement in body
+        for sub in ast.walk(statement)
+    )
+
+
 def _executed_statements(node: ast.AST) -> set[str]:
     """Names of prebuilt statements passed to `conn.execute(NAME, …)` or `direct.X(conn, NAME, …)`."""
     found = set()
@@ -406,7 +422,7 @@ def writing_functions() -> set[str]:
             if isinstance(fn, ast.FunctionDef):
                 used = _calls(fn)
                 calls.setdefault(fn.name, set()).update(used)
-                if _WRITE_CALLS & used or statements & _executed_statements(fn):
+                if _WRITE_CALLS & used or statements & _executed_statements(fn) or _writes_sql_text(fn):
                     direct.add(fn.name)
     writers = set(direct)
     changed = True

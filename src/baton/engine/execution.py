@@ -9,7 +9,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -148,9 +148,20 @@ class StepExecution:
             claim_next = self.claim_next() if self.claim_next is not None else None
             # The successors are claimed in the step's own transaction: once it commits they are
             # ours, and must be handed off even if this task is cancelled in the same breath.
-            await self._shielded(
-                step_results.record_success, claim, produced, self.flows, claim_next, then=self._hand_off
-            )
+            if self.trace is telemetry.OFF:
+                # Recorded with the other branches of its run that end meanwhile, in one body.
+                success = step_results.Success(claim, produced, self.flows, claim_next)
+                write = self.db.write_batched(claim.run_id, step_results.record_successes, success)
+            else:  # traced: the span watches this step's own write
+                write = self.db.write_for_run(
+                    claim.run_id,
+                    self.trace.watch(step_results.record_success),
+                    claim,
+                    produced,
+                    self.flows,
+                    claim_next,
+                )
+            await self._shielded_write(write, then=self._hand_off)
         except asyncio.CancelledError:
             if self.lost:
                 logger.warning(
@@ -244,14 +255,21 @@ class StepExecution:
             _redacted(events or []),
         )
 
-    async def _shielded(self, fn: Any, *args: Any, then: Callable[[Any], None] | None = None) -> Any:
+    async def _shielded(self, fn: Any, *args: Any) -> Any:
+        """`fn(conn, *args)` as the final write of the attempt (see `_shielded_write`)."""
+        write = self.db.write_for_run(self.claim.run_id, self.trace.watch(fn), *args)
+        return await self._shielded_write(write)
+
+    async def _shielded_write(
+        self, final_write: Coroutine[Any, Any, Any], then: Callable[[Any], None] | None = None
+    ) -> Any:
         """The final write of an attempt survives the worker's own cancellation.
 
         The task waits for that write to commit even when it is cancelled meanwhile, and only
         then re-raises: the worker counts the step as in flight until its end is recorded. `then`
         gets the committed result before any cancellation is re-raised.
         """
-        write = asyncio.ensure_future(self.db.write_for_run(self.claim.run_id, self.trace.watch(fn), *args))
+        write = asyncio.ensure_future(final_write)
         interrupted = False
         while not write.done():
             try:

@@ -524,7 +524,7 @@ class Lifecycle:
                 output=answer,
                 finished_at=db_now(conn),
             )
-            step_store.satisfy_dependents(conn, run.id, answered.step_key)
+            step_store.satisfy_dependents(conn, run.id, [answered.step_key])
             step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
             drafts = [
                 EventDraft(

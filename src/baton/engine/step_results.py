@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -196,6 +196,34 @@ def _record_success(
     run = run_store.lock_run(conn, claim.run_id)
     if run is None:
         return None
+    succeeded = _finish_succeeded(conn, claim, produced)
+    if succeeded is None:
+        return None
+    finished, drafts, known = succeeded
+    step_store.satisfy_dependents(conn, claim.run_id, [claim.key])
+    if produced.usage:
+        total = add_usage(run.usage, produced.usage)
+        run_store.update_run(conn, run.id, usage=total)
+        budget = (((run.policy or {}).get("effective") or {}).get("max_tokens")) or None
+        spent = total.get("input_tokens", 0) + total.get("output_tokens", 0)
+        if budget is not None and spent > budget:
+            reason = f"token budget exceeded: {spent} tokens used, the policy allows {budget} (max_tokens)"
+            locked = run_store.get_run(conn, run.id)
+            assert locked is not None
+            drafts += progress.finish_run(conn, locked, flows, progress.Finish(False, reason))
+            return locked, drafts, {}
+    drafts += progress.advance_run(conn, run, flows, finished=finished)
+    return run, drafts, known
+
+
+def _finish_succeeded(
+    conn: Connection, claim: Claim, produced: Produced
+) -> tuple[Row[Any], list[EventDraft], dict[str, Any]] | None:
+    """Store one attempt's output and artifacts and end its step, under the run lock the caller holds.
+
+    Returns the finished step, its events and its output when stored inline (for successors
+    claimed in the same transaction); None when the lease was lost (recorded as stale).
+    """
     output = produced.output
     encoded = json.dumps(output, default=str)
     large = len(encoded) > INLINE_OUTPUT_BYTES
@@ -235,7 +263,6 @@ def _record_success(
     if finished is None:
         _record_stale(conn, claim)
         return None
-    step_store.satisfy_dependents(conn, claim.run_id, claim.key)
     named = (finished.spec or {}).get("artifact")
     if named:
         # The flow asked for this step's output as a named artifact (attempt-2.md, plan.json…).
@@ -272,20 +299,74 @@ def _record_success(
             attempt=claim.attempt,
         ),
     )
-    if produced.usage:
-        total = add_usage(run.usage, produced.usage)
-        run_store.update_run(conn, run.id, usage=total)
-        budget = (((run.policy or {}).get("effective") or {}).get("max_tokens")) or None
-        spent = total.get("input_tokens", 0) + total.get("output_tokens", 0)
-        if budget is not None and spent > budget:
-            reason = f"token budget exceeded: {spent} tokens used, the policy allows {budget} (max_tokens)"
-            locked = run_store.get_run(conn, run.id)
-            assert locked is not None
-            drafts += progress.finish_run(conn, locked, flows, progress.Finish(False, reason))
-            return locked, drafts, {}
-    drafts += progress.advance_run(conn, run, flows, finished=finished)
     known = {claim.key: fields["output"]} if fields["output_ref"] is None else {}
-    return run, drafts, known
+    return finished, drafts, known
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """One successful attempt to record with others of its run (`record_successes`)."""
+
+    claim: Claim
+    produced: Produced
+    flows: progress.Flows
+    claim_next: ClaimNext | None = None
+
+
+def record_successes(conn: Connection, successes: list[Success]) -> list[list[SimpleNamespace]]:
+    """`record_success` for attempts of one run that ended together; each one's claimed successors.
+
+    A fan-out's branches that end while another write of their run commits are recorded in one
+    body: the run is locked once, what they made ready is released and judged once, their
+    successors are claimed in one statement and their events appended in one. Each still ends
+    only while its own lease holds. Where the attempts cannot share that work (a flow whose
+    expand hook looks at each finished step, token usage counted against a budget, workers that
+    claim differently) they are recorded one after the other, as `record_success` would.
+    """
+    first = successes[0]
+    run_id, flows = first.claim.run_id, first.flows
+    nexts = {(n.worker_id, n.lease_s, tuple(n.flows or ())) for s in successes if (n := s.claim_next)}
+    alike = all(s.claim.run_id == run_id and s.flows is flows and not s.produced.usage for s in successes)
+    if len(successes) == 1 or not alike or len(nexts) > 1:
+        return [record_success(conn, s.claim, s.produced, s.flows, s.claim_next) for s in successes]
+    run = run_store.lock_run(conn, run_id)
+    if run is None:
+        return [[] for _ in successes]
+    flow = flows.get(run.flow)
+    if flow is not None and flow.expand_hook is not None:
+        return [record_success(conn, s.claim, s.produced, s.flows, s.claim_next) for s in successes]
+    drafts: list[EventDraft] = []
+    known: dict[str, Any] = {}
+    recorded: list[str] = []
+    limits: list[int] = []  # how many successors each attempt may claim
+    for success in successes:
+        succeeded = _finish_succeeded(conn, success.claim, success.produced)
+        if succeeded is None:
+            limits.append(0)
+            continue
+        recorded.append(success.claim.key)
+        drafts += succeeded[1]
+        known.update(succeeded[2])
+        limits.append(success.claim_next.limit if success.claim_next is not None else 0)
+    if not recorded:
+        return [[] for _ in successes]
+    step_store.satisfy_dependents(conn, run_id, recorded)
+    # No expand hook: advancing the run needs no finished step, so one advance serves them all.
+    drafts += progress.advance_run(conn, run, flows)
+    claimed: list[SimpleNamespace] = []
+    claim_next = next((s.claim_next for s in successes if s.claim_next is not None), None)
+    if claim_next is not None and sum(limits) > 0 and run.status == R.RUNNING.value:
+        claimed, started = _claim_successors(conn, run, replace(claim_next, limit=sum(limits)), known)
+        drafts += started
+        if claimed:
+            step_store.forget_claimed_wakeup(conn, claimed)
+    append_events(conn, run_id, drafts)
+    # Each attempt hands off as many successors as it would have claimed alone.
+    shares: list[list[SimpleNamespace]] = []
+    for limit in limits:
+        shares.append(claimed[:limit])
+        claimed = claimed[limit:]
+    return shares
 
 
 def add_usage(total: Mapping[str, int] | None, more: Mapping[str, int]) -> dict[str, int]:

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 DEFAULT_SQLITE_PATH = Path("~/.baton/baton.db")
 _BUSY_RETRIES = 60
@@ -284,16 +285,41 @@ class Database:
         body that raises rolls the shared transaction back, and then each write runs alone, so
         that a failure stays its own. SQLite already commits every queued write in groups.
         """
+        call = _bound(fn, args, kwargs)
         if self._pg_threads is None:
-            return await self.write(fn, *args, **kwargs)
+            return cast(T, await self._transact(False, call))
+        return cast(T, await self._write_of_run(run_id, call, None))
+
+    async def write_batched(
+        self, run_id: str, fn: Callable[[Connection, list[Item]], list[T]], item: Item
+    ) -> T:
+        """`write_for_run` of `fn(conn, [item])`, merged with the other such writes queued with it.
+
+        `fn` records several items of run `run_id` in one transaction body and returns one
+        result per item, in order. The writes of the same run and the same `fn` that commit in
+        one group (SQLite: queued behind the writer thread; PostgreSQL: behind a write of the
+        run in flight) become one call of `fn` with all their items: a fan-out's completions
+        lock the run, release what they made ready, claim and append their events once, not
+        once each. If that call raises, each item is written again on its own, in the same
+        group, so that a failure stays its own.
+        """
+        batch = _Batch((run_id, fn), fn, item)
+        if self._pg_threads is None:
+            return cast(T, await self._transact(False, batch.alone, batch))
+        return cast(T, await self._write_of_run(run_id, batch.alone, batch))
+
+    async def _write_of_run(
+        self, run_id: str, call: Callable[[Connection], Any], batch: _Batch | None
+    ) -> Any:
+        """PostgreSQL: commit `call` now, or with the group of `run_id` waiting for the one in flight."""
         waiting = self._run_writes.get(run_id)
         if waiting is not None:
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            waiting.append(_RunWrite(_bound(fn, args, kwargs), done))
-            return cast(T, await done)
+            waiting.append(_RunWrite(call, done, batch))
+            return await done
         self._run_writes[run_id] = []
         try:
-            return await self._transaction(False, fn, *args, **kwargs)
+            return await self._transact(False, call)
         finally:
             self._commit_waiting_writes(run_id)
 
@@ -316,7 +342,8 @@ class Database:
     async def _commit_together(self, group: list[_RunWrite]) -> None:
         assert self._pg_threads is not None
         loop = asyncio.get_running_loop()
-        bodies = [_collecting(write.call) for write in group]
+        units = _merged_units([write.batch for write in group])
+        bodies = [_collecting(_unit_call(group, unit)) for unit in units]
         try:
             committed = await _uninterrupted(
                 loop.run_in_executor(self._pg_threads, _commit_bodies, self.engine, self.dialect, bodies)
@@ -329,14 +356,16 @@ class Database:
         if committed is None:  # a body raised and nothing was written: each write on its own
             for write in group:
                 try:
-                    _settle(write.done, True, await self._transaction(False, write.call))
+                    _settle(write.done, True, await self._transact(False, write.call))
                 except Exception as error:
                     _settle(write.done, False, error)
             return
         outcomes, together = committed
         self._after_commit(together)
-        for write, outcome in zip(group, outcomes, strict=True):
-            _settle(write.done, True, outcome.result)
+        for unit, outcome in zip(units, outcomes, strict=True):
+            results = outcome.result if len(unit) > 1 else [outcome.result]
+            for index, result in zip(unit, results, strict=True):
+                _settle(group[index].done, True, result)
 
     def _after_commit(self, outcome: _Outcome) -> None:
         if outcome.ended:
@@ -358,21 +387,19 @@ class Database:
     async def _transaction(
         self, read_only: bool, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        dialect = self.dialect
-        collect = _collecting(_bound(fn, args, kwargs))
+        return cast(T, await self._transact(read_only, _bound(fn, args, kwargs)))
 
-        def body(conn: Connection) -> _Outcome:
-            outcome = collect(conn)
-            if outcome.topics:
-                dialect.notify(conn, outcome.topics, outcome.appended)
-            return outcome
-
+    async def _transact(
+        self, read_only: bool, call: Callable[[Connection], Any], batch: _Batch | None = None
+    ) -> Any:
+        """`call` in one transaction, retried on contention; `batch`: it may be merged (SQLite)."""
+        body = _notifying(_collecting(call), self.dialect)
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                outcome = await _uninterrupted(self._start_attempt(read_only, body))
+                outcome = await _uninterrupted(self._start_attempt(read_only, body, batch))
                 self._after_commit(outcome)
-                return cast(T, outcome.result)
+                return outcome.result
             except exc.DBAPIError as error:
                 if attempt < _BUSY_RETRIES and _is_contention(error):
                     self.busy_retries += 1
@@ -382,7 +409,9 @@ class Database:
                 raise self._translated(error) from error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _start_attempt(self, read_only: bool, body: Callable[[Connection], T]) -> asyncio.Future[T]:
+    def _start_attempt(
+        self, read_only: bool, body: Callable[[Connection], _Outcome], batch: _Batch | None = None
+    ) -> asyncio.Future[_Outcome]:
         """Start one transaction attempt on its thread; the future settles once it has ended."""
         loop = asyncio.get_running_loop()
         if self._pg_threads is not None:
@@ -390,9 +419,9 @@ class Database:
             return loop.run_in_executor(self._pg_threads, _sync_attempt, engine, body)
         if read_only:
             return loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
-        done: asyncio.Future[T] = loop.create_future()
+        done: asyncio.Future[_Outcome] = loop.create_future()
         with self._writes_lock:
-            self._queued_writes.append(_QueuedWrite(body, done, loop))
+            self._queued_writes.append(_QueuedWrite(body, done, loop, batch))
             start = not self._writer_busy
             self._writer_busy = True
         if start:
@@ -463,7 +492,7 @@ class Database:
             try:
                 if self._write_conn is None:
                     self._write_conn = engine.connect()
-                outcomes = _commit_group(self._write_conn, [write.body for write in group])
+                outcomes = _commit_group(self._write_conn, group, self.dialect)
             except BaseException as error:  # the group's BEGIN or COMMIT failed: every write failed
                 outcomes = [(False, error)] * len(group)
                 if isinstance(error, exc.DBAPIError):
@@ -531,12 +560,88 @@ def _collecting(fn: Callable[[Connection], Any]) -> Callable[[Connection], _Outc
     return body
 
 
+def _notifying(
+    collect: Callable[[Connection], _Outcome], dialect: Dialect
+) -> Callable[[Connection], _Outcome]:
+    """A write body that also tells other processes, at its commit, what it changed."""
+
+    def body(conn: Connection) -> _Outcome:
+        outcome = collect(conn)
+        if outcome.topics:
+            dialect.notify(conn, outcome.topics, outcome.appended)
+        return outcome
+
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A write that may be merged with others of the same `key` (`Database.write_batched`)."""
+
+    key: tuple[str, Any]
+    fn: Callable[[Connection, list[Any]], list[Any]]
+    item: Any
+
+    def alone(self, conn: Connection) -> Any:
+        [result] = _merged_call([self])(conn)
+        return result
+
+
+def _merged_call(batches: list[_Batch]) -> Callable[[Connection], list[Any]]:
+    """One call of the batches' function with all their items; one result per item."""
+    fn, items = batches[0].fn, [batch.item for batch in batches]
+
+    def call(conn: Connection) -> list[Any]:
+        results = fn(conn, items)
+        if len(results) != len(items):
+            raise ValueError(f"{fn.__qualname__} returned {len(results)} results for {len(items)} items")
+        return results
+
+    return call
+
+
+def _merged_units(batches: list[_Batch | None]) -> list[list[int]]:
+    """The writes of a group as the units it commits: indexes of writes merged into one call.
+
+    A write that cannot be merged is a unit of its own; those of one key form one unit, at the
+    place of the first of them. The writes of a group were all queued before any of them was
+    acknowledged, so any order among them is one they could have committed in.
+    """
+    units: list[list[int]] = []
+    by_key: dict[tuple[str, Any], list[int]] = {}
+    for index, batch in enumerate(batches):
+        if batch is None:
+            units.append([index])
+            continue
+        unit = by_key.get(batch.key)
+        if unit is None:
+            unit = by_key[batch.key] = []
+            units.append(unit)
+        unit.append(index)
+    return units
+
+
+def _split(outcome: _Outcome, count: int) -> list[_Outcome]:
+    """A merged unit's outcome as one per write; the first carries what the unit left."""
+    results = outcome.result
+    assert len(results) == count
+    first = _Outcome(results[0], outcome.topics, outcome.appended, outcome.ended)
+    return [first] + [_Outcome(result, set(), [], []) for result in results[1:]]
+
+
 @dataclass(frozen=True, slots=True)
 class _RunWrite:
     """A write of one run waiting for the one in flight (`Database.write_for_run`)."""
 
     call: Callable[[Connection], Any]
     done: asyncio.Future[Any]
+    batch: _Batch | None = None
+
+
+def _unit_call(group: list[_RunWrite], unit: list[int]) -> Callable[[Connection], Any]:
+    if len(unit) == 1:
+        return group[unit[0]].call
+    return _merged_call([cast(_Batch, group[index].batch) for index in unit])
 
 
 def _commit_bodies(
@@ -568,26 +673,44 @@ def _commit_bodies(
 
 @dataclass(frozen=True, slots=True)
 class _QueuedWrite:
-    body: Callable[[Connection], Any]
+    body: Callable[[Connection], _Outcome]
     done: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    batch: _Batch | None = None
 
 
-def _commit_group(conn: Connection, bodies: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
-    """Run write bodies in one transaction, each in a savepoint when there are several; one commit."""
-    outcomes: list[tuple[bool, Any]] = []
+def _commit_group(conn: Connection, writes: list[_QueuedWrite], dialect: Dialect) -> list[tuple[bool, Any]]:
+    """Run queued writes in one transaction, each unit in a savepoint when there are several; one commit.
+
+    Writes merged into one unit (`_merged_units`) run as one call; if it raises, each of them
+    runs again on its own, so that only the one at fault fails.
+    """
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(writes)
     with conn.begin():
-        if len(bodies) == 1:
-            return [(True, bodies[0](conn))]
-        for body in bodies:
-            direct.execute_sql(conn, "SAVEPOINT baton_write")
-            try:
-                outcomes.append((True, body(conn)))
-            except Exception as error:
-                direct.execute_sql(conn, "ROLLBACK TO baton_write")
-                outcomes.append((False, error))
-            direct.execute_sql(conn, "RELEASE baton_write")
+        if len(writes) == 1:
+            return [(True, writes[0].body(conn))]
+        for unit in _merged_units([write.batch for write in writes]):
+            if len(unit) > 1:
+                batches = [cast(_Batch, writes[index].batch) for index in unit]
+                ok, merged = _in_savepoint(conn, _notifying(_collecting(_merged_call(batches)), dialect))
+                if ok:
+                    for index, outcome in zip(unit, _split(merged, len(unit)), strict=True):
+                        outcomes[index] = (True, outcome)
+                    continue
+            for index in unit:
+                outcomes[index] = _in_savepoint(conn, writes[index].body)
     return outcomes
+
+
+def _in_savepoint(conn: Connection, body: Callable[[Connection], Any]) -> tuple[bool, Any]:
+    direct.execute_sql(conn, "SAVEPOINT baton_write")
+    try:
+        done: tuple[bool, Any] = (True, body(conn))
+    except Exception as error:
+        direct.execute_sql(conn, "ROLLBACK TO baton_write")
+        done = (False, error)
+    direct.execute_sql(conn, "RELEASE baton_write")
+    return done
 
 
 def _settle(done: asyncio.Future[Any], ok: bool, value: Any) -> None:

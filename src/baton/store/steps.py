@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -65,10 +66,15 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
         conn.execute(insert(step_needs), edges)
 
 
-def satisfy_dependents(conn: Connection, run_id: str, key: str) -> None:
-    """`key` succeeded: every pending step that needs it has one unmet need fewer."""
-    statement = _SATISFY_SQLITE if conn.dialect.name == "sqlite" else _SATISFY
-    direct.execute(conn, statement, {"rid": run_id, "need": key})
+def satisfy_dependents(conn: Connection, run_id: str, keys: Sequence[str]) -> None:
+    """`keys` succeeded: every pending step that needs them has as many unmet needs fewer."""
+    sqlite = conn.dialect.name == "sqlite"
+    if len(keys) == 1:
+        statement = _SATISFY_SQLITE if sqlite else _SATISFY
+        direct.execute(conn, statement, {"rid": run_id, "need": keys[0]})
+    elif keys:
+        statement = _SATISFY_MANY_SQLITE if sqlite else _SATISFY_MANY
+        direct.execute(conn, statement, {"rid": run_id, "needs": json.dumps(list(keys))})
 
 
 def _satisfy(status: Any) -> Any:
@@ -92,6 +98,23 @@ _SATISFY = _satisfy(steps.c.status)
 # rather than the few dependents by (run_id, key): 40 us against 5 us at 200 pending steps, and
 # growing with the run. The unary `+` keeps it off that index.
 _SATISFY_SQLITE = _satisfy(literal_column("+steps.status"))
+#: several keys at once (a fan-out's branches recorded together), as a JSON array: a step that
+#: needs two of them loses two unmet needs
+_SATISFY_MANY_TEMPLATE = """
+UPDATE steps SET unmet = unmet - (
+    SELECT count(*) FROM step_needs
+    WHERE step_needs.run_id = :rid AND step_needs.step_key = steps.key AND step_needs.need IN {needs})
+WHERE steps.run_id = :rid AND {status} = 'pending' AND steps.key IN (
+    SELECT step_needs.step_key FROM step_needs
+    WHERE step_needs.run_id = :rid AND step_needs.need IN {needs})"""
+_SATISFY_MANY_SQLITE = text(
+    _SATISFY_MANY_TEMPLATE.format(needs="(SELECT value FROM json_each(:needs))", status="+steps.status")
+)
+_SATISFY_MANY = text(
+    _SATISFY_MANY_TEMPLATE.format(
+        needs="(SELECT jsonb_array_elements_text(CAST(:needs AS jsonb)))", status="steps.status"
+    )
+)
 
 
 def recount_unmet(conn: Connection, run_id: str) -> None:
@@ -308,70 +331,54 @@ def claim_steps(
         # 1,000 queued runs, against 7) and sorted the run's ties.
         tiebreak = "steps.position"
     query = _CLAIM_CANDIDATES.format(flows=flow_filter, tiebreak=tiebreak) + dialect_of(conn).lock_clause()
+    params.update({"worker": worker_id, "expires": now + lease_s, "lease": lease_s})
     if limit == 1:
         # The common claim (a chain's next step, one free slot) picks and claims in one statement.
-        params.update(
-            {"token": new_lease_token(), "worker": worker_id, "expires": now + lease_s, "lease": lease_s}
-        )
+        params["token"] = new_lease_token()
         return direct.rows(conn, _claim_one(query), params)
-    candidates = list(conn.execute(_candidates(query), params).scalars())
-    claimed = []
-    for step_id in candidates:
-        row = conn.execute(
-            _CLAIM,
-            {
-                "step_id": step_id,
-                "token": new_lease_token(),
-                "worker": worker_id,
-                "expires": now + lease_s,
-                "now": now,
-                "lease": lease_s,
-            },
-        ).first()
-        if row is not None:
-            claimed.append(row)
-    return claimed
+    # Several: picked and claimed in one statement too, each with its own fresh token.
+    params["tokens"] = json.dumps([new_lease_token() for _ in range(limit)])
+    claimed = direct.rows(conn, _claim_many(query, conn.dialect.name), params)
+    return sorted(claimed, key=lambda row: (row.available_at, row.position if run_id else row.id))
 
 
-@lru_cache(maxsize=256)
-def _candidates(query: str) -> Any:
-    return text(query)
+_CLAIM_SET = (
+    "status = 'running', attempt = attempt + 1, claimed_by = :worker, lease_expires_at = :expires,"
+    " deadline_at = CASE WHEN timeout_s IS NOT NULL THEN :now + timeout_s + :lease ELSE NULL END,"
+    " heartbeat_at = :now, started_at = :now, finished_at = NULL"
+    # `error` keeps the previous attempt's failure: the new attempt is told what went wrong.
+)
 
 
 @lru_cache(maxsize=256)
 def _claim_one(candidates: str) -> Any:
-    """`_CLAIM` for the one step `candidates` picks (PostgreSQL: locked with SKIP LOCKED)."""
+    """Claim the one step `candidates` picks (PostgreSQL: locked with SKIP LOCKED)."""
     columns = ", ".join(f'"{column.name}"' for column in steps.c)
     return text(
-        "UPDATE steps SET status = 'running', attempt = attempt + 1, lease_token = :token,"
-        " claimed_by = :worker, lease_expires_at = :expires,"
-        " deadline_at = CASE WHEN timeout_s IS NOT NULL THEN :now + timeout_s + :lease ELSE NULL END,"
-        " heartbeat_at = :now, started_at = :now, finished_at = NULL"
+        f"UPDATE steps SET {_CLAIM_SET}, lease_token = :token"
         f" WHERE id = ({candidates}) AND status = 'queued' RETURNING {columns}"
     ).columns(*steps.c)
 
 
-_CLAIM = (
-    update(steps)
-    .where(steps.c.id == bindparam("step_id"), steps.c.status == S.QUEUED.value)
-    .values(
-        status=S.RUNNING.value,
-        attempt=steps.c.attempt + 1,
-        lease_token=bindparam("token"),
-        claimed_by=bindparam("worker"),
-        lease_expires_at=bindparam("expires"),
-        # The reaper's backstop for a worker that heartbeats but never ends the step.
-        deadline_at=case(
-            (steps.c.timeout_s.is_not(None), bindparam("now") + steps.c.timeout_s + bindparam("lease")),
-            else_=None,
-        ),
-        heartbeat_at=bindparam("now"),
-        started_at=bindparam("now"),
-        finished_at=None,
-        # `error` keeps the previous attempt's failure: the new attempt is told what went wrong.
-    )
-    .returning(*steps.c)
-)
+@lru_cache(maxsize=256)
+def _claim_many(candidates: str, dialect: str) -> Any:
+    """Claim every step `candidates` picks, the n-th taking the n-th token of the JSON array `:tokens`."""
+    columns = ", ".join(f'steps."{column.name}"' for column in steps.c)
+    # Picked once, then updated: PostgreSQL would otherwise rescan a subquery joined in FROM,
+    # and each rescan would pick (and the update claim) more rows.
+    if dialect == "sqlite":
+        token, materialized = "json_extract(:tokens, '$[' || (picked.n - 1) || ']')", ""
+    else:
+        token, materialized = "CAST(:tokens AS jsonb) ->> CAST(picked.n - 1 AS integer)", " MATERIALIZED"
+    return text(
+        f"WITH picked AS{materialized}"
+        f" (SELECT c.id AS picked_id, row_number() OVER () AS n FROM ({candidates}) AS c)"
+        f" UPDATE steps SET {_CLAIM_SET}, lease_token = {token}"
+        " FROM picked WHERE steps.id = picked.picked_id AND steps.status = 'queued'"
+        f" RETURNING {columns}"
+    ).columns(*steps.c)
+
+
 _HOLD_LEASE = (
     update(steps)
     .where(
