@@ -260,3 +260,39 @@ async def test_a_batched_call_that_raises_writes_each_item_on_its_own(database_u
     finally:
         notes.hold.set()
         await db.close()
+
+
+async def test_batched_writes_of_one_run_made_in_one_turn_of_the_loop_are_one_call(database_url: str) -> None:
+    # A fan-out's branches handed off together end in the same turn of the event loop: none
+    # of them goes ahead alone while the others wait for it.
+    db = await Database.open(database_url)
+    notes = _Notes()
+    try:
+        await db.write(_batched_table)
+        results = await asyncio.gather(*(db.write_batched("r1", notes.add, body) for body in "abcd"))
+        assert notes.calls == [["a", "b", "c", "d"]]
+        assert results == [1, 2, 3, 4]
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_batched_write_cancelled_while_others_join_it_leaves_theirs_to_commit(
+    postgres_url: str,
+) -> None:
+    db = await Database.open(postgres_url)
+    notes = _Notes()
+    try:
+        await db.write(_batched_table)
+        first = asyncio.ensure_future(db.write_batched("r1", notes.add, "a"))
+        second = asyncio.ensure_future(db.write_batched("r1", notes.add, "b"))
+        await asyncio.sleep(0)  # both have started: the first yields, the second joins it
+        first.cancel()
+        assert await second == 1
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await db.read(_batched_bodies) == ["b"]  # the cancelled write never began
+        assert notes.calls == [["b"]]
+        assert db._run_writes == {}
+    finally:
+        await db.close()

@@ -311,13 +311,27 @@ class Database:
     async def _write_of_run(
         self, run_id: str, call: Callable[[Connection], Any], batch: _Batch | None
     ) -> Any:
-        """PostgreSQL: commit `call` now, or with the group of `run_id` waiting for the one in flight."""
+        """PostgreSQL: commit `call`, with the writes of `run_id` that arrive in the same turn of the
+        event loop, or with the group waiting for the one in flight."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiting = self._run_writes.get(run_id)
         if waiting is not None:
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             waiting.append(_RunWrite(call, done, batch))
             return await done
-        self._run_writes[run_id] = []
+        joined: list[_RunWrite] = []
+        self._run_writes[run_id] = joined
+        try:
+            # The branches of a fan-out handed off together end in the same turn of the loop:
+            # without this yield the first went alone and the others waited for it (a fan-out
+            # committed its ends in alternating groups of 1 and 7).
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self._commit_waiting_writes(run_id)  # those that joined still commit
+            raise
+        if joined:
+            joined.insert(0, _RunWrite(call, done, batch))
+            self._commit_waiting_writes(run_id)
+            return await done
         try:
             return await self._transact(False, call)
         finally:
@@ -424,17 +438,25 @@ class Database:
             self._queued_writes.append(_QueuedWrite(body, done, loop, batch))
             start = not self._writer_busy
             self._writer_busy = True
-        if start:
-            try:
-                # `submit`, not `run_in_executor`: each write's future is settled by the writer
-                # thread itself, and the executor's own future would only wake the loop again.
-                self._writer.submit(self._write_queued, self.engine)
-            except RuntimeError:  # the database is closed: nothing will ever write this
-                with self._writes_lock:
-                    self._queued_writes.clear()
-                    self._writer_busy = False
-                raise
+        if start and batch is not None:
+            # A write that may be merged waits for the end of this turn of the event loop, so
+            # that those queued in the same turn (a fan-out's branches) join its group.
+            loop.call_soon(self._start_writer)
+        elif start:
+            self._start_writer()
         return done
+
+    def _start_writer(self) -> None:
+        try:
+            # `submit`, not `run_in_executor`: each write's future is settled by the writer
+            # thread itself, and the executor's own future would only wake the loop again.
+            self._writer.submit(self._write_queued, self.engine)
+        except RuntimeError as error:  # the database is closed: nothing will ever write these
+            with self._writes_lock:
+                dropped, self._queued_writes = self._queued_writes, []
+                self._writer_busy = False
+            for write in dropped:
+                _settle(write.done, False, error)
 
     # --- wake-ups --------------------------------------------------------------------------
 
@@ -497,9 +519,14 @@ class Database:
                 outcomes = [(False, error)] * len(group)
                 if isinstance(error, exc.DBAPIError):
                     self._close_write_conn()  # the next group starts on a fresh connection
+            # One wake-up per loop for the whole group: its writers resume in the same turn of
+            # the loop, and the successors they hand off end, and queue, together.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             for write, (ok, value) in zip(group, outcomes, strict=True):
-                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits for it
-                    write.loop.call_soon_threadsafe(_settle, write.done, ok, value)
+                by_loop.setdefault(write.loop, []).append((write.done, ok, value))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these
+                    loop.call_soon_threadsafe(_settle_all, settled)
 
     def _close_write_conn(self) -> None:
         """On the writer thread: drop its connection (after a failure, or when the database closes)."""
@@ -711,6 +738,11 @@ def _in_savepoint(conn: Connection, body: Callable[[Connection], Any]) -> tuple[
         done = (False, error)
     direct.execute_sql(conn, "RELEASE baton_write")
     return done
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for done, ok, value in settled:
+        _settle(done, ok, value)
 
 
 def _settle(done: asyncio.Future[Any], ok: bool, value: Any) -> None:
