@@ -126,3 +126,22 @@ async def test_successes_recorded_together_move_the_run_on_as_one_by_one_would(r
         assert kinds.count(("step.succeeded", key)) == 1
     assert kinds.count(("step.queued", "join")) == 1
     assert kinds[-1] == ("run.succeeded", None)
+
+
+async def test_a_claim_across_runs_reads_each_run_and_appends_its_events_once(rt: Runtime) -> None:
+    first = await rt.lifecycle.create_run(RunRequest("fan", confirm=True, concurrency_limit=2))
+    second = await rt.lifecycle.create_run(RunRequest("fan", confirm=True, concurrency_limit=2))
+    before = {run["id"]: len(await rt.db.read(_events, run["id"])) for run in (first, second)}
+    rows = await rt.db.write(step_results.claim_with_events, WORKER, 30.0, 8, ["fan"])
+    assert len(rows) == 8 and len({row.lease_token for row in rows}) == 8
+    assert {row.run_id for row in rows} == {first["id"], second["id"]}
+    for row in rows:
+        assert row.flow == "fan"
+        assert row.context.inputs == {} and row.context.upstream == {}
+        assert row.context.policy == (first if row.run_id == first["id"] else second)["policy"]
+    for run_id, count in before.items():
+        logged = await rt.db.read(_events, run_id)
+        assert [seq for seq, _type, _key in logged] == list(range(1, len(logged) + 1))
+        mine = sorted(row.key for row in rows if row.run_id == run_id)
+        assert sorted(key for _seq, kind, key in logged[count:] if kind == "step.started") == mine
+        assert len(logged) == count + len(mine)

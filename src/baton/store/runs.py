@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -42,7 +42,6 @@ def get_run(conn: Connection, run_id: str) -> Row[Any] | None:
 
 # Statements on the hot path of every step are built once: building a statement costs far more
 # than running it.
-_GET_FLOW = select(runs.c.flow).where(runs.c.id == bindparam("run_id"))
 _LOCK_RUN = (
     update(runs)
     .where(runs.c.id == bindparam("run_id"))
@@ -58,8 +57,11 @@ _LOCK_RUN_READING_CLOCK = (
 _INPUTS_AND_POLICY = select(runs.c.inputs, runs.c.policy).where(runs.c.id == bindparam("run_id"))
 
 
-def get_flow(conn: Connection, run_id: str) -> str | None:
-    return conn.execute(_GET_FLOW, {"run_id": run_id}).scalar_one_or_none()
+def step_contexts(conn: Connection, run_ids: Sequence[str]) -> dict[str, tuple[str, Any, Any]]:
+    """What claimed steps need of their runs, in one read: flow, inputs and policy by run id."""
+    columns = (runs.c.id, runs.c.flow, runs.c.inputs, runs.c.policy)
+    rows = conn.execute(select(*columns).where(runs.c.id.in_(run_ids)))
+    return {row.id: (row.flow, row.inputs, row.policy) for row in rows}
 
 
 def lock_run(conn: Connection, run_id: str) -> Row[Any] | None:
