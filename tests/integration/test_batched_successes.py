@@ -145,3 +145,32 @@ async def test_a_claim_across_runs_reads_each_run_and_appends_its_events_once(rt
         mine = sorted(row.key for row in rows if row.run_id == run_id)
         assert sorted(key for _seq, kind, key in logged[count:] if kind == "step.started") == mine
         assert len(logged) == count + len(mine)
+
+
+def _ended_fields(conn: Connection, run_id: str) -> dict[str, tuple[Any, ...]]:
+    columns = (steps.c.status, steps.c.output, steps.c.output_text, steps.c.output_ref, steps.c.usage)
+    rows = conn.execute(
+        select(steps.c.key, *columns, steps.c.lease_token, steps.c.error).where(steps.c.run_id == run_id)
+    )
+    return {row.key: tuple(row)[1:] for row in rows}
+
+
+async def test_steps_ended_together_store_what_ending_them_one_by_one_stores(rt: Runtime) -> None:
+    flows = rt.catalog.as_mapping()
+    outputs = {"a": "A ü «quoted»", "b": {"b": [1, 2.5, None], "t": True}, "c": None, "d": 7}
+    stored = []
+    for together in (False, True):
+        created = await rt.lifecycle.create_run(RunRequest("fan", confirm=True, concurrency_limit=2))
+        run_id = created["id"]
+        rows = await rt.db.write(step_results.claim_with_events, WORKER, 30.0, 4, ["fan"], run_id=run_id)
+        successes = [Success(step_results.claim_of(row), Produced(outputs[row.key]), flows) for row in rows]
+        if together:
+            await rt.db.write(step_results.record_successes, successes)
+        else:
+            for success in successes:
+                await rt.db.write(step_results.record_successes, [success])
+        stored.append(await rt.db.read(_ended_fields, run_id))
+    one_by_one, at_once = stored
+    assert at_once == one_by_one
+    assert at_once["a"][:3] == ("succeeded", outputs["a"], outputs["a"])
+    assert at_once["b"][1] == outputs["b"] and at_once["b"][2] is None

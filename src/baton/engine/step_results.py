@@ -239,6 +239,30 @@ def _finish_succeeded(
     Returns the finished step, its events and its output when stored inline (for successors
     claimed in the same transaction); None when the lease was lost (recorded as stale).
     """
+    prepared = _prepare_success(conn, claim, produced)
+    if prepared is None:
+        return None
+    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **prepared.fields)
+    return _after_finish(conn, claim, produced, prepared, finished)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An attempt's output made ready to end its step: the step's new fields and the events so far."""
+
+    fields: dict[str, Any]
+    drafts: list[EventDraft]
+    size: int
+
+    @property
+    def inline_only(self) -> bool:
+        """Only an inline output to store (no artifact reference, usage or engine label)."""
+        fields = self.fields
+        return fields["output_ref"] is None and fields["usage"] is None and "engine" not in fields
+
+
+def _prepare_success(conn: Connection, claim: Claim, produced: Produced) -> _Prepared | None:
+    """Fence the lease where needed and store a large output as an artifact; None: lease lost."""
     output = produced.output
     encoded = json.dumps(output, default=str)
     large = len(encoded) > INLINE_OUTPUT_BYTES
@@ -274,10 +298,17 @@ def _finish_succeeded(
     else:
         fields["output"] = json.loads(encoded)
         fields["output_text"] = output if isinstance(output, str) else None
-    finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
+    return _Prepared(fields, drafts, len(encoded))
+
+
+def _after_finish(
+    conn: Connection, claim: Claim, produced: Produced, prepared: _Prepared, finished: Row[Any] | None
+) -> tuple[Row[Any], list[EventDraft], dict[str, Any]] | None:
+    """The step's artifacts and events once it has ended (`finished`: None when its lease was lost)."""
     if finished is None:
         _record_stale(conn, claim)
         return None
+    output, fields, drafts = produced.output, prepared.fields, list(prepared.drafts)
     named = (finished.spec or {}).get("artifact")
     if named:
         # The flow asked for this step's output as a named artifact (attempt-2.md, plan.json…).
@@ -299,7 +330,8 @@ def _finish_succeeded(
             attempt=claim.attempt,
         )
         drafts.append(_artifact_event(stored, claim))
-    preview = output_text(output)[:2000] if not large else None
+    inline = fields["output_ref"] is None
+    preview = output_text(output)[:2000] if inline else None
     drafts.insert(
         0,
         EventDraft(
@@ -307,14 +339,14 @@ def _finish_succeeded(
             {
                 "output_ref": fields["output_ref"],
                 "preview": preview,
-                "size": len(encoded),
+                "size": prepared.size,
                 "usage": fields["usage"],
             },
             step_key=claim.key,
             attempt=claim.attempt,
         ),
     )
-    known = {claim.key: fields["output"]} if fields["output_ref"] is None else {}
+    known = {claim.key: fields["output"]} if inline else {}
     return finished, drafts, known
 
 
@@ -354,8 +386,25 @@ def record_successes(conn: Connection, successes: list[Success]) -> list[list[Si
     known: dict[str, Any] = {}
     recorded: list[str] = []
     limits: list[int] = []  # how many successors each attempt may claim
-    for success in successes:
-        succeeded = _finish_succeeded(conn, success.claim, success.produced)
+    prepared = [_prepare_success(conn, s.claim, s.produced) for s in successes]
+    # Steps with only an inline output end in one statement; the others one by one.
+    together = [
+        (s.claim.step_id, s.claim.token, p.fields["output"], p.fields["output_text"])
+        for s, p in zip(successes, prepared, strict=True)
+        if p is not None and p.inline_only
+    ]
+    batched = len(together) > 1
+    ended = step_store.finish_steps_succeeded(conn, together) if batched else {}
+    for success, ready in zip(successes, prepared, strict=True):
+        succeeded = None
+        if ready is not None:
+            claim = success.claim
+            if batched and ready.inline_only:
+                finished = ended.get(claim.step_id)
+            else:
+                fields = ready.fields
+                finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
+            succeeded = _after_finish(conn, claim, success.produced, ready, finished)
         if succeeded is None:
             limits.append(0)
             continue

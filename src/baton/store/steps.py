@@ -418,6 +418,48 @@ def finish_step(
     return direct.first(conn, _finish_statement(target.value, tuple(sorted(fields))), params)
 
 
+def finish_steps_succeeded(
+    conn: Connection, finished: Sequence[tuple[str, str, Any, str | None]]
+) -> dict[str, Row[Any]]:
+    """`finish_step(…, SUCCEEDED)` for several steps with an inline output, in one statement.
+
+    `finished` holds (step id, lease token, output, output text); each step ends only while
+    that token is still its lease. Returns the ended steps by id (a step whose lease is lost is
+    not among them). The outputs are stored as `finish_step` stores them, as JSON text.
+    """
+    rows = [[step_id, token, json.dumps(output), text_] for step_id, token, output, text_ in finished]
+    statement = _FINISH_MANY_SQLITE if conn.dialect.name == "sqlite" else _FINISH_MANY
+    ended = direct.rows(conn, statement, {"finished": json.dumps(rows), "now": db_now(conn)})
+    return {row.id: row for row in ended}
+
+
+_FINISH_MANY_TEMPLATE = (
+    "UPDATE steps SET status = 'succeeded', finished_at = :now, lease_expires_at = NULL,"
+    " lease_token = NULL, error = NULL, usage = NULL, output_ref = NULL,"
+    " output = {output}, output_text = {output_text}"
+    " FROM {rows} WHERE steps.id = {id} AND steps.lease_token = {token} AND steps.status = 'running'"
+    " RETURNING " + ", ".join(f'steps."{column.name}"' for column in steps.c)
+)
+_FINISH_MANY_SQLITE = text(
+    _FINISH_MANY_TEMPLATE.format(
+        rows="json_each(:finished) AS f",
+        id="json_extract(f.value, '$[0]')",
+        token="json_extract(f.value, '$[1]')",
+        output="json_extract(f.value, '$[2]')",
+        output_text="json_extract(f.value, '$[3]')",
+    )
+).columns(*steps.c)
+_FINISH_MANY = text(
+    _FINISH_MANY_TEMPLATE.format(
+        rows="json_array_elements(CAST(:finished AS json)) AS f(value)",
+        id="f.value ->> 0",
+        token="f.value ->> 1",
+        output="CAST(f.value ->> 2 AS json)",
+        output_text="f.value ->> 3",
+    )
+).columns(*steps.c)
+
+
 @lru_cache(maxsize=64)
 def _finish_statement(target: str, names: tuple[str, ...]) -> Any:
     return (
