@@ -440,24 +440,25 @@ _FINISH_MANY_TEMPLATE = (
     " FROM {rows} WHERE steps.id = {id} AND steps.lease_token = {token} AND steps.status = 'running'"
     " RETURNING " + ", ".join(f'steps."{column.name}"' for column in steps.c)
 )
-_FINISH_MANY_SQLITE = text(
-    _FINISH_MANY_TEMPLATE.format(
-        rows="json_each(:finished) AS f",
-        id="json_extract(f.value, '$[0]')",
-        token="json_extract(f.value, '$[1]')",
-        output="json_extract(f.value, '$[2]')",
-        output_text="json_extract(f.value, '$[3]')",
-    )
-).columns(*steps.c)
-_FINISH_MANY = text(
-    _FINISH_MANY_TEMPLATE.format(
-        rows="json_array_elements(CAST(:finished AS json)) AS f(value)",
-        id="f.value ->> 0",
-        token="f.value ->> 1",
-        output="CAST(f.value ->> 2 AS json)",
-        output_text="f.value ->> 3",
-    )
-).columns(*steps.c)
+
+
+def _finish_many(rows: str, element: str, as_json: str) -> Any:
+    """The statement for one dialect: `rows` of the array, `element` n of a row, `as_json` a text."""
+    return text(
+        _FINISH_MANY_TEMPLATE.format(
+            rows=rows,
+            id=element.format(0),
+            token=element.format(1),
+            output=as_json.format(element.format(2)),
+            output_text=element.format(3),
+        )
+    ).columns(*steps.c)
+
+
+_FINISH_MANY_SQLITE = _finish_many("json_each(:finished) AS f", "json_extract(f.value, '$[{}]')", "{}")
+_FINISH_MANY = _finish_many(
+    "json_array_elements(CAST(:finished AS json)) AS f(value)", "f.value ->> {}", "CAST({} AS json)"
+)
 
 
 @lru_cache(maxsize=64)
