@@ -93,8 +93,7 @@ def claim_with_events(
     for row in rows:
         flow, inputs, policy = runs[row.run_id]
         context = StepInputs(dict(inputs or {}), {}, dict(policy or {}), {})
-        if row.needs:
-            context = load_step_inputs(conn, row.run_id, list(row.needs))
+        _with_upstream(conn, row.run_id, list(row.needs or []), context)
         claimed.append(SimpleNamespace(**row._mapping, flow=flow, context=context))
     return claimed
 
@@ -122,7 +121,7 @@ def _claim_successors(
         upstream = {key: known[key] for key in needs if key in known}
         context = StepInputs(dict(run.inputs or {}), {}, run.policy, {})
         if len(upstream) < len(needs):
-            context = load_step_inputs(conn, run.id, needs)
+            _with_upstream(conn, run.id, needs, context)
         else:
             context.upstream.update(upstream)
         claimed.append(SimpleNamespace(**row._mapping, flow=run.flow, context=context))
@@ -144,16 +143,19 @@ class StepInputs:
 
 def load_step_inputs(conn: Connection, run_id: str, needs: list[str]) -> StepInputs:
     run_inputs, policy = run_store.inputs_and_policy(conn, run_id)
-    upstream: dict[str, Any] = {}
-    refs: dict[str, str] = {}
+    return _with_upstream(conn, run_id, needs, StepInputs(dict(run_inputs or {}), {}, policy, {}))
+
+
+def _with_upstream(conn: Connection, run_id: str, needs: list[str], context: StepInputs) -> StepInputs:
+    """`context` with the outputs of `needs` (large ones as artifact refs), read from the store."""
     # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
     if needs:
         for row in step_store.load_outputs(conn, run_id, needs):
             if row.output_ref:
-                refs[row.key] = row.output_ref
+                context.refs[row.key] = row.output_ref
             else:
-                upstream[row.key] = row.output
-    return StepInputs(dict(run_inputs or {}), upstream, policy, refs)
+                context.upstream[row.key] = row.output
+    return context
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,12 +278,13 @@ class Database:
     ) -> T:
         """A write whose first act is to lock the row of run `run_id` (a step's result, failure, cancel).
 
-        On PostgreSQL such writes of one run that arrive while one of them is in flight commit
-        together, back to back in one transaction: the run's row lock is taken by one session,
-        once, instead of every other session queueing on it through its own commit (a fan-out's
-        completions did, one by one). Each caller still gets its own result, after the commit. A
-        body that raises rolls the shared transaction back, and then each write runs alone, so
-        that a failure stays its own. SQLite already commits every queued write in groups.
+        On PostgreSQL such writes of one run that arrive in the same turn of the event loop, or
+        while one of them is in flight, commit together, back to back in one transaction: the
+        run's row lock is taken by one session, once, instead of every other session queueing
+        on it through its own commit (a fan-out's completions did, one by one). Each caller
+        still gets its own result, after the commit. A body that raises rolls the shared
+        transaction back, and then each write runs alone, so that a failure stays its own.
+        SQLite already commits every queued write in groups.
         """
         call = _bound(fn, args, kwargs)
         if self._pg_threads is None:
