@@ -296,3 +296,32 @@ async def test_postgres_a_batched_write_cancelled_while_others_join_it_leaves_th
         assert db._run_writes == {}
     finally:
         await db.close()
+
+
+async def test_a_caller_cancelled_mid_transaction_waits_for_its_end_then_is_cancelled(
+    database_url: str,
+) -> None:
+    db = await Database.open(database_url)
+    entered, hold = threading.Event(), threading.Event()
+
+    def slow(conn: Connection) -> str:
+        entered.set()
+        hold.wait(5)
+        conn.execute(text("INSERT INTO batched (body) VALUES ('slow')"))
+        return "committed"
+
+    try:
+        await db.write(_batched_table)
+        task = asyncio.ensure_future(db.write(slow))
+        assert await asyncio.to_thread(entered.wait, 5)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert not task.done()  # it waits for its transaction to end, whatever its caller does
+        hold.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await db.read(_batched_bodies) == ["slow"]  # and that transaction committed
+        assert await db.write(_batched_bodies) == ["slow"]  # the database goes on
+    finally:
+        hold.set()
+        await db.close()
