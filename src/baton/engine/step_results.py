@@ -141,11 +141,6 @@ class StepInputs:
     refs: dict[str, str]
 
 
-def load_step_inputs(conn: Connection, run_id: str, needs: list[str]) -> StepInputs:
-    run_inputs, policy = run_store.inputs_and_policy(conn, run_id)
-    return _with_upstream(conn, run_id, needs, StepInputs(dict(run_inputs or {}), {}, policy, {}))
-
-
 def _with_upstream(conn: Connection, run_id: str, needs: list[str], context: StepInputs) -> StepInputs:
     """`context` with the outputs of `needs` (large ones as artifact refs), read from the store."""
     # Only the needed steps' outputs are read: a step of a long run does not load the whole run.
@@ -362,6 +357,10 @@ class Success:
     claim_next: ClaimNext | None = None
 
 
+def _one_by_one(conn: Connection, successes: list[Success]) -> list[list[SimpleNamespace]]:
+    return [record_success(conn, s.claim, s.produced, s.flows, s.claim_next) for s in successes]
+
+
 def record_successes(conn: Connection, successes: list[Success]) -> list[list[SimpleNamespace]]:
     """`record_success` for attempts of one run that ended together; each one's claimed successors.
 
@@ -377,13 +376,13 @@ def record_successes(conn: Connection, successes: list[Success]) -> list[list[Si
     nexts = {(n.worker_id, n.lease_s, tuple(n.flows or ())) for s in successes if (n := s.claim_next)}
     alike = all(s.claim.run_id == run_id and s.flows is flows and not s.produced.usage for s in successes)
     if len(successes) == 1 or not alike or len(nexts) > 1:
-        return [record_success(conn, s.claim, s.produced, s.flows, s.claim_next) for s in successes]
+        return _one_by_one(conn, successes)
     run = run_store.lock_run(conn, run_id)
     if run is None:
         return [[] for _ in successes]
     flow = flows.get(run.flow)
     if flow is not None and flow.expand_hook is not None:
-        return [record_success(conn, s.claim, s.produced, s.flows, s.claim_next) for s in successes]
+        return _one_by_one(conn, successes)
     drafts: list[EventDraft] = []
     known: dict[str, Any] = {}
     recorded: list[str] = []

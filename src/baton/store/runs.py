@@ -54,7 +54,6 @@ _LOCK_RUN_READING_CLOCK = (
     .values(updated_at=PostgresDialect().now())
     .returning(*runs.c)
 )
-_INPUTS_AND_POLICY = select(runs.c.inputs, runs.c.policy).where(runs.c.id == bindparam("run_id"))
 
 
 def step_contexts(conn: Connection, run_ids: Sequence[str]) -> dict[str, tuple[str, Any, Any]]:
@@ -300,11 +299,3 @@ def _merged_page(projects: int, status: bool, flow: bool, q: bool, before: bool)
         .subquery()
     )
     return select(runs).join(page, runs.c.id == page.c.id).order_by(*newest)
-
-
-def inputs_and_policy(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What a running step needs of its run: the inputs and the policy snapshot."""
-    row = conn.execute(_INPUTS_AND_POLICY, {"run_id": run_id}).one_or_none()
-    if row is None:
-        raise LookupError(f"run {run_id} not found")
-    return dict(row.inputs or {}), dict(row.policy or {})
