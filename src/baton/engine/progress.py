@@ -80,12 +80,22 @@ def step_rows_for(specs: Sequence[StepSpec], first_position: int) -> list[dict[s
 
 
 Flows = Mapping[str, Flow]
+#: steps made ready: the work steps' keys (now queued), the input steps' rows (now waiting)
+Released = tuple[list[str], list[Row[Any]]]
 
 
 def advance_run(
-    conn: Connection, run: Row[Any], flows: Flows, finished: Row[Any] | None = None
+    conn: Connection,
+    run: Row[Any],
+    flows: Flows,
+    finished: Row[Any] | None = None,
+    released: Released | None = None,
 ) -> list[EventDraft]:
-    """Move a running (or waiting) run on after a change; the caller holds the run lock."""
+    """Move a running (or waiting) run on after a change; the caller holds the run lock.
+
+    `released`: the steps the caller already made ready (`step_store.satisfy_and_release`), when
+    nothing else in the transaction can have; otherwise they are looked for.
+    """
     if run.cancel_requested_at is not None:
         return settle_cancel(conn, run, flows)
     flow = flows.get(run.flow)
@@ -107,7 +117,11 @@ def advance_run(
             step_store.insert_steps(conn, run.id, step_rows_for(expansion.new_steps, len(rows)))
         if expansion.finish is not None:
             return drafts + finish_run(conn, run, flows, expansion.finish)
-    asked = queue_and_ask(conn, run)
+        if released is not None:
+            # New steps may be ready too: look for them, after those already released.
+            more_queued, more_inputs = step_store.release_ready(conn, run.id, db_now(conn))
+            released = (released[0] + more_queued, released[1] + more_inputs)
+    asked = queue_and_ask(conn, run, released)
     drafts += asked
     if run.status == R.RUNNING.value:
         if any(d.type == "step.queued" for d in asked):
@@ -132,10 +146,13 @@ def advance_run(
     return drafts
 
 
-def queue_and_ask(conn: Connection, run: Row[Any]) -> list[EventDraft]:
-    """Queue the work steps whose needs are all met; open a request for each such input step."""
+def queue_and_ask(conn: Connection, run: Row[Any], released: Released | None = None) -> list[EventDraft]:
+    """Queue the work steps whose needs are all met; open a request for each such input step.
+
+    `released`: those steps, already released by the caller (queued keys, input steps).
+    """
     now = db_now(conn)
-    queued, inputs = step_store.release_ready(conn, run.id, now)
+    queued, inputs = released if released is not None else step_store.release_ready(conn, run.id, now)
     drafts = [EventDraft("step.queued", step_key=key) for key in queued]
     for ready in inputs:
         key, spec = ready.key, dict(ready.spec or {})

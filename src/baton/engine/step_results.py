@@ -212,7 +212,8 @@ def _record_success(
     if succeeded is None:
         return None
     finished, drafts, known = succeeded
-    step_store.satisfy_dependents(conn, claim.run_id, [claim.key])
+    # What this step made ready is released now; a run that ends below cancels it again.
+    released = step_store.satisfy_and_release(conn, claim.run_id, [claim.key], db_now(conn))
     if produced.usage:
         total = add_usage(run.usage, produced.usage)
         run_store.update_run(conn, run.id, usage=total)
@@ -224,7 +225,7 @@ def _record_success(
             assert locked is not None
             drafts += progress.finish_run(conn, locked, flows, progress.Finish(False, reason))
             return locked, drafts, {}
-    drafts += progress.advance_run(conn, run, flows, finished=finished)
+    drafts += progress.advance_run(conn, run, flows, finished=finished, released=released)
     return run, drafts, known
 
 
@@ -415,9 +416,9 @@ def record_successes(conn: Connection, successes: list[Success]) -> list[list[Si
         limits.append(success.claim_next.limit if success.claim_next is not None else 0)
     if not recorded:
         return [[] for _ in successes]
-    step_store.satisfy_dependents(conn, run_id, recorded)
+    released = step_store.satisfy_and_release(conn, run_id, recorded, db_now(conn))
     # No expand hook: advancing the run needs no finished step, so one advance serves them all.
-    drafts += progress.advance_run(conn, run, flows)
+    drafts += progress.advance_run(conn, run, flows, released=released)
     claimed: list[SimpleNamespace] = []
     claim_next = next((s.claim_next for s in successes if s.claim_next is not None), None)
     if claim_next is not None and sum(limits) > 0 and run.status == R.RUNNING.value:

@@ -117,6 +117,67 @@ _SATISFY_MANY = text(
 )
 
 
+def satisfy_and_release(
+    conn: Connection, run_id: str, keys: Sequence[str], now: float
+) -> tuple[list[str], list[Row[Any]]]:
+    """`satisfy_dependents(keys)` and `release_ready` of the steps that made ready, in one statement.
+
+    Only for a transaction in which nothing else made a pending step ready (no expansion, no
+    recount): then the dependents of `keys` are the only steps `release_ready` could find, and
+    one statement both counts their needs down and releases those left with none.
+    """
+    if not keys:
+        return [], []
+    sqlite = conn.dialect.name == "sqlite"
+    params: dict[str, Any] = {"rid": run_id, "now": now}
+    if len(keys) == 1:
+        statement = _SATISFY_RELEASE_SQLITE if sqlite else _SATISFY_RELEASE
+        params["need"] = keys[0]
+    else:
+        statement = _SATISFY_RELEASE_MANY_SQLITE if sqlite else _SATISFY_RELEASE_MANY
+        params["needs"] = json.dumps(list(keys))
+    changed = direct.rows(conn, statement, params)
+    rows = sorted((row for row in changed if row.status != S.PENDING.value), key=lambda r: r.position)
+    queued = [row.key for row in rows if row.kind != "input"]
+    _announce_queued(conn, run_id, queued)
+    return queued, [row for row in rows if row.kind == "input"]
+
+
+def _satisfy_release(decrement: str, needs: str, status: str) -> Any:
+    """The statement of `satisfy_and_release`: SET expressions read the row as it was."""
+    left = f"steps.unmet - {decrement}"
+    return text(
+        f"UPDATE steps SET unmet = {left},"
+        f" status = CASE WHEN {left} > 0 THEN steps.status"
+        f" WHEN steps.kind = 'input' THEN '{S.WAITING.value}' ELSE '{S.QUEUED.value}' END,"
+        f" available_at = CASE WHEN {left} > 0 OR steps.kind = 'input' THEN steps.available_at ELSE :now END,"
+        f" started_at = CASE WHEN {left} <= 0 AND steps.kind = 'input' THEN :now ELSE steps.started_at END"
+        f" WHERE steps.run_id = :rid AND {status} = '{S.PENDING.value}' AND steps.key IN ("
+        " SELECT step_needs.step_key FROM step_needs"
+        f" WHERE step_needs.run_id = :rid AND step_needs.need {needs})"
+        " RETURNING steps.key, steps.position, steps.kind, steps.spec, steps.status"
+    ).columns(steps.c.key, steps.c.position, steps.c.kind, steps.c.spec, steps.c.status)
+
+
+def _count_of_needs(needs: str) -> str:
+    """How many of a JSON array of keys the updated step needs."""
+    return (
+        "(SELECT count(*) FROM step_needs WHERE step_needs.run_id = :rid"
+        f" AND step_needs.step_key = steps.key AND step_needs.need {needs})"
+    )
+
+
+_NEEDS_IN_SQLITE = "IN (SELECT value FROM json_each(:needs))"
+_NEEDS_IN = "IN (SELECT jsonb_array_elements_text(CAST(:needs AS jsonb)))"
+# `+steps.status`: see _SATISFY_SQLITE
+_SATISFY_RELEASE_SQLITE = _satisfy_release("1", "= :need", "+steps.status")
+_SATISFY_RELEASE = _satisfy_release("1", "= :need", "steps.status")
+_SATISFY_RELEASE_MANY_SQLITE = _satisfy_release(
+    _count_of_needs(_NEEDS_IN_SQLITE), _NEEDS_IN_SQLITE, "+steps.status"
+)
+_SATISFY_RELEASE_MANY = _satisfy_release(_count_of_needs(_NEEDS_IN), _NEEDS_IN, "steps.status")
+
+
 def recount_unmet(conn: Connection, run_id: str) -> None:
     """Recompute every pending step's `unmet` from scratch (after resume, fork or a repair)."""
     rows = list(
