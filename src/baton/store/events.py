@@ -17,6 +17,8 @@ from baton.store.database import touch
 from baton.store.recent_events import RecentEvent
 from baton.store.schema import events, runs
 
+#: PostgreSQL: appends of up to this many events are one statement (more: the driver's executemany)
+_MULTI_ROW_MAX = 16
 _EVENT_FIELDS = ("run_id", "seq", "tx", "type", "step_key", "attempt", "payload", "created_at")
 _BUMP_SEQ = (
     update(runs)
@@ -43,8 +45,11 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
     if not drafts:
         return []
     _check_sizes(drafts)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres and len(drafts) <= _MULTI_ROW_MAX:
+        return _bump_and_insert(conn, run_id, drafts)
     params = {"run_id": run_id, "n": len(drafts)}
-    if conn.dialect.name == "postgresql" and "baton_tx" not in conn.info:
+    if postgres and "baton_tx" not in conn.info:
         bumped = direct.first(conn, _BUMP_SEQ_READING_TX, params)
         if bumped is not None:
             conn.info["baton_tx"] = bumped[1]
@@ -56,6 +61,50 @@ def append_events(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -
     _insert(conn, committed, dialect_of(conn).transaction_marker(conn))
     touch(conn, f"run:{run_id}", "runs")
     return [event.seq for event in committed]
+
+
+def _bump_and_insert(conn: Connection, run_id: str, drafts: Sequence[EventDraft]) -> list[int]:
+    """PostgreSQL: bump the run's sequence and insert the drafts as its next events in one statement."""
+    params: dict[str, Any] = {"run_id": run_id, "n": len(drafts), "now": db_now(conn)}
+    for i, draft in enumerate(drafts):
+        params.update(
+            {
+                f"type_{i}": draft.type,
+                f"step_key_{i}": draft.step_key,
+                f"attempt_{i}": draft.attempt,
+                f"payload_{i}": draft.payload,
+            }
+        )
+    inserted = direct.rows(conn, _bump_and_insert_statement(len(drafts)), params)
+    if not inserted:
+        raise ValueError(f"cannot append events to run {run_id}: it does not exist")
+    conn.info.setdefault("baton_tx", inserted[0].tx)
+    committed = _numbered(run_id, max(row.seq for row in inserted), drafts, params["now"])
+    conn.info.setdefault("baton_appended", []).extend(committed)
+    touch(conn, f"run:{run_id}", "runs")
+    return [event.seq for event in committed]
+
+
+@functools.lru_cache(maxsize=_MULTI_ROW_MAX)
+def _bump_and_insert_statement(count: int) -> Any:
+    """`count` events numbered from the run's bumped `last_seq`, with the transaction's id."""
+    rows = ", ".join(
+        f"({i + 1}, :type_{i}, :step_key_{i}, CAST(:attempt_{i} AS integer), CAST(:payload_{i} AS json))"
+        for i in range(count)
+    )
+    payloads = [bindparam(f"payload_{i}", type_=events.c.payload.type) for i in range(count)]
+    return (
+        text(
+            "WITH bump AS (UPDATE runs SET last_seq = runs.last_seq + :n WHERE runs.id = :run_id"
+            " RETURNING runs.last_seq AS last, pg_current_xact_id()::text::bigint AS tx)"
+            " INSERT INTO events (run_id, seq, tx, type, step_key, attempt, payload, created_at)"
+            " SELECT :run_id, bump.last - :n + v.i, bump.tx, v.type, v.step_key, v.attempt, v.payload, :now"
+            f" FROM bump, (VALUES {rows}) AS v(i, type, step_key, attempt, payload)"
+            " RETURNING events.seq, events.tx"
+        )
+        .bindparams(*payloads)
+        .columns(events.c.seq, events.c.tx)
+    )
 
 
 # PostgreSQL: several runs' sequences bumped in one statement, with the transaction's id.
@@ -139,9 +188,6 @@ def _insert(conn: Connection, committed: list[RecentEvent], tx: int) -> None:
         direct.execute_many(conn, _INSERT_EVENT, rows)
     # Published to this process's live streams once (and only if) the transaction commits.
     conn.info.setdefault("baton_appended", []).extend(committed)
-
-
-_MULTI_ROW_MAX = 16
 
 
 @functools.lru_cache(maxsize=_MULTI_ROW_MAX)
