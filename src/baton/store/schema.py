@@ -123,10 +123,8 @@ steps = Table(
     UniqueConstraint("run_id", "key"),
     # The claim query: queued steps whose time has come, oldest first.
     Index("ix_steps_claimable", "status", "available_at"),
-    # A run's steps in one status; with `unmet`, its pending steps that became ready are a range,
-    # not a scan of every pending step (a step's end of a long chain read all of them).
-    Index("ix_steps_run_status_unmet", "run_id", "status", "unmet"),
-    # A worker that ends a step claims the next of the same run: that run's ready steps in order.
+    # A run's steps in one status. A worker that ends a step claims the next of the same run:
+    # that run's ready steps in order.
     Index("ix_steps_run_claimable", "run_id", "status", "available_at", "position"),
 )
 
