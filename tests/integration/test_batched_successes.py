@@ -17,7 +17,7 @@ from baton.flows.catalog import Catalog
 from baton.flows.spec import Flow
 from baton.runtime import Runtime, open_runtime
 from baton.store import steps as step_store
-from baton.store.schema import events, steps
+from baton.store.schema import artifacts, events, steps
 
 fan = Flow("fan", title="Four branches and a join")
 for _key in ("a", "b", "c", "d"):
@@ -29,12 +29,17 @@ def join(ctx: Any) -> dict[str, Any]:
     return dict(ctx.upstream)
 
 
+named = Flow("named", title="Branches whose outputs are named artifacts")
+named.step("notes", artifact="notes.md")(lambda: None)
+named.step("plan", artifact="plan.json")(lambda: None)
+named.step("plain")(lambda: None)
+
 WORKER = "test:1:batched"
 
 
 @pytest.fixture
 async def rt(database_url: str) -> AsyncIterator[Runtime]:
-    async with open_runtime(database_url, catalog=Catalog([fan]), upgrade=False) as runtime:
+    async with open_runtime(database_url, catalog=Catalog([fan, named]), upgrade=False) as runtime:
         yield runtime
 
 
@@ -174,3 +179,32 @@ async def test_steps_ended_together_store_what_ending_them_one_by_one_stores(rt:
     assert at_once == one_by_one
     assert at_once["a"][:3] == ("succeeded", outputs["a"], outputs["a"])
     assert at_once["b"][1] == outputs["b"] and at_once["b"][2] is None
+
+
+def _artifacts(conn: Connection, run_id: str) -> dict[str, tuple[Any, ...]]:
+    columns = (artifacts.c.name, artifacts.c.step_key, artifacts.c.media_type, artifacts.c.content)
+    rows = conn.execute(select(*columns).where(artifacts.c.run_id == run_id))
+    return {row.name: tuple(row)[1:] for row in rows}
+
+
+async def test_steps_ended_together_store_their_named_artifacts_as_one_by_one(rt: Runtime) -> None:
+    flows = rt.catalog.as_mapping()
+    outputs = {"notes": "# Notes\n\nü", "plan": {"steps": [1, 2]}, "plain": "no artifact"}
+    stored = []
+    for together in (False, True):
+        created = await rt.lifecycle.create_run(RunRequest("named", confirm=True, concurrency_limit=2))
+        run_id = created["id"]
+        rows = await rt.db.write(step_results.claim_with_events, WORKER, 30.0, 3, ["named"], run_id=run_id)
+        successes = [Success(step_results.claim_of(row), Produced(outputs[row.key]), flows) for row in rows]
+        if together:
+            await rt.db.write(step_results.record_successes, successes)
+        else:
+            for success in successes:
+                await rt.db.write(step_results.record_successes, [success])
+        kept = await rt.db.read(_artifacts, run_id)
+        stored.append({name: found for name, found in kept.items() if name != "report.md"})
+    one_by_one, at_once = stored
+    assert at_once == one_by_one
+    assert at_once["notes.md"] == ("notes", "text/markdown", "# Notes\n\nü".encode())
+    assert at_once["plan.json"][:2] == ("plan", "application/json")
+    assert set(at_once) == {"notes.md", "plan.json"}

@@ -241,7 +241,8 @@ def _finish_succeeded(
     if prepared is None:
         return None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **prepared.fields)
-    return _after_finish(conn, claim, produced, prepared, finished)
+    named = (finished.spec or {}).get("artifact") if finished is not None else None
+    return _after_finish(conn, claim, produced, prepared, finished, named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,14 +301,21 @@ def _prepare_success(conn: Connection, claim: Claim, produced: Produced) -> _Pre
 
 
 def _after_finish(
-    conn: Connection, claim: Claim, produced: Produced, prepared: _Prepared, finished: Row[Any] | None
+    conn: Connection,
+    claim: Claim,
+    produced: Produced,
+    prepared: _Prepared,
+    finished: Row[Any] | None,
+    named: str | None,
 ) -> tuple[Row[Any], list[EventDraft], dict[str, Any]] | None:
-    """The step's artifacts and events once it has ended (`finished`: None when its lease was lost)."""
+    """The step's artifacts and events once it has ended (`finished`: None when its lease was lost).
+
+    `named`: the artifact the flow asked this step's output to be stored as, if any.
+    """
     if finished is None:
         _record_stale(conn, claim)
         return None
     output, fields, drafts = produced.output, prepared.fields, list(prepared.drafts)
-    named = (finished.spec or {}).get("artifact")
     if named:
         # The flow asked for this step's output as a named artifact (attempt-2.md, plan.json…).
         is_text = isinstance(output, str)
@@ -403,10 +411,12 @@ def record_successes(conn: Connection, successes: list[Success]) -> list[list[Si
             claim = success.claim
             if batched and ready.inline_only:
                 finished = ended.get(claim.step_id)
+                named = finished.artifact if finished is not None else None
             else:
                 fields = ready.fields
                 finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
-            succeeded = _after_finish(conn, claim, success.produced, ready, finished)
+                named = (finished.spec or {}).get("artifact") if finished is not None else None
+            succeeded = _after_finish(conn, claim, success.produced, ready, finished, named)
         if succeeded is None:
             limits.append(0)
             continue
