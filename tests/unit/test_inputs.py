@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,21 @@ def test_a_key_given_twice_is_refused() -> None:
 def test_parsed_inputs_then_validate() -> None:
     values = validate_inputs(SCHEMA, parse_cli_inputs(["topic=t", "count=2"], SCHEMA), flow="demo")
     assert values == {"topic": "t", "count": 2, "deep": False, "tags": []}
+
+
+def test_a_checked_schema_still_judges_every_call_on_its_own() -> None:
+    """A schema is checked and compiled once, then reused: an invalid one is refused every time,
+    a valid one still judges each call's inputs, and one JSON cannot hold is checked as before."""
+    bad = {"type": "object", "properties": {"n": {"type": "bogus"}}}
+    for _ in range(2):
+        with pytest.raises(InvalidFlow, match="not a valid JSON Schema"):
+            validate_inputs(bad, {}, flow="f")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert validate_inputs(schema, {"n": 1}, flow="f") == {"n": 1}
+    with pytest.raises(InvalidInputs):
+        validate_inputs(schema, {"n": "one"}, flow="f")
+    assert validate_inputs(dict(schema), {"n": 2}, flow="f") == {"n": 2}
+    dated = {"type": "object", "properties": {"day": {"type": "string", "examples": [date(2026, 1, 2)]}}}
+    assert validate_inputs(dated, {"day": "x"}, flow="f") == {"day": "x"}
+    with pytest.raises(InvalidInputs):
+        validate_inputs(dated, {"day": 3}, flow="f")

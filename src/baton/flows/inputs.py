@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -24,8 +25,12 @@ def validate_schema(schema: Any, *, what: str) -> None:
     if not isinstance(schema, Mapping | bool):
         got = type(schema).__name__
         raise InvalidFlow(f"{what} is not a valid JSON Schema: expected an object, got {got}")
+    text = _schema_text(schema)
     try:
-        Draft202012Validator.check_schema(_plain(schema))
+        if text is None:
+            Draft202012Validator.check_schema(_plain(schema))
+        else:
+            _check_schema(text)
     except SchemaError as error:
         where = _path(error.path)
         at = f" at {where}" if where else ""
@@ -43,7 +48,8 @@ def validate_inputs(schema: Mapping[str, Any], inputs: Mapping[str, Any], *, flo
                 # A copy, so one run mutating its inputs cannot change the next run's default.
                 values[name] = copy.deepcopy(prop["default"])
 
-    validator = Draft202012Validator(_plain(schema), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    text = _schema_text(schema)
+    validator = _validator(text) if text is not None else _new_validator(_plain(schema))
     try:
         errors = list(validator.iter_errors(values))
     except Unresolvable as error:
@@ -149,6 +155,30 @@ def _join(base: str, name: str) -> str:
 
 def _as_mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _schema_text(schema: Any) -> str | None:
+    """`schema` as JSON text, the key under which it is checked and its validator built once;
+    None when it holds what JSON cannot (a date read from YAML): then it is done every time."""
+    try:
+        return json.dumps(_plain(schema))
+    except (TypeError, ValueError):
+        return None
+
+
+# A flow's input schema was checked, and its validator built, again on every run created.
+@functools.lru_cache(maxsize=256)
+def _check_schema(text: str) -> None:
+    Draft202012Validator.check_schema(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(text: str) -> Draft202012Validator:
+    return _new_validator(json.loads(text))
+
+
+def _new_validator(schema: Any) -> Draft202012Validator:
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def _plain(value: Any) -> Any:
