@@ -159,7 +159,8 @@ def _satisfy_release(decrement: str, source: str, match: str, status: str) -> An
         f" available_at = CASE WHEN {left} > 0 OR steps.kind = 'input' THEN steps.available_at ELSE :now END,"
         f" started_at = CASE WHEN {left} <= 0 AND steps.kind = 'input' THEN :now ELSE steps.started_at END"
         f"{source} WHERE steps.run_id = :rid AND {status} = '{S.PENDING.value}' AND {match}"
-        " RETURNING steps.key, steps.position, steps.kind, steps.spec, steps.status"
+        " RETURNING steps.key, steps.position, steps.kind,"
+        " CASE WHEN steps.kind = 'input' THEN steps.spec END AS spec, steps.status"
     ).columns(steps.c.key, steps.c.position, steps.c.kind, steps.c.spec, steps.c.status)
 
 
@@ -244,7 +245,9 @@ _RELEASE_READY = (
         available_at=case((_IS_INPUT, steps.c.available_at), else_=bindparam("now")),
         started_at=case((_IS_INPUT, bindparam("now")), else_=steps.c.started_at),
     )
-    .returning(steps.c.key, steps.c.position, steps.c.kind, steps.c.spec)
+    # The spec only of input steps (their prompt): a run's start released a hundred work steps
+    # and decoded each one's spec for nothing.
+    .returning(steps.c.key, steps.c.position, steps.c.kind, case((_IS_INPUT, steps.c.spec)).label("spec"))
 )
 
 
