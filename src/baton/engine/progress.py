@@ -200,7 +200,7 @@ def finish_run(
     )
     input_store.close_requests_of_run(conn, run.id)
     now = db_now(conn)
-    rows = step_store.load_steps(conn, run.id)
+    rows = step_store.load_results(conn, run.id)
     if sinks_as_result:
         finish = Finish(finish.succeeded, finish.reason, _final_result(rows))
     report = render_report(

@@ -280,6 +280,22 @@ def load_steps(conn: Connection, run_id: str) -> list[Row[Any]]:
 _LOAD_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
 
 
+def load_results(conn: Connection, run_id: str) -> list[Row[Any]]:
+    """What a run's report and result need of its steps, in order: no spec, no usage.
+
+    A run's end read every column of every step, and decoding each step's spec was most of it.
+    """
+    return direct.rows(conn, _LOAD_RESULTS, {"run_id": run_id})
+
+
+_RESULT_COLUMNS = "key kind status needs attempt output output_ref output_text error".split()
+_LOAD_RESULTS = (
+    select(*(steps.c[name] for name in _RESULT_COLUMNS))
+    .where(steps.c.run_id == bindparam("run_id"))
+    .order_by(steps.c.position)
+)
+
+
 def load_outputs(conn: Connection, run_id: str, keys: Sequence[str]) -> list[Row[Any]]:
     """`key`, `output` and `output_ref` of the named steps of a run (what a downstream step reads)."""
     if not keys:
