@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Row,
     String,
@@ -63,9 +64,44 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
             }
         )
         edges += [{"run_id": run_id, "need": need, "step_key": row["key"]} for need in needs]
+    if conn.dialect.name == "postgresql" and _json_safe(values):
+        _insert_from_json(conn, steps.name, values)
+        if edges:
+            _insert_from_json(conn, step_needs.name, edges)
+        return
     conn.execute(insert(steps), values)
     if edges:
         conn.execute(insert(step_needs), edges)
+
+
+def _json_safe(rows: Sequence[dict[str, Any]]) -> bool:
+    """Rows that one JSON array carries unchanged: all with the same keys, and no JSON column left
+    None (stored as JSON `null` by a plain insert, but as SQL NULL by `json_populate_recordset`)."""
+    keys = rows[0].keys()
+    if any(row.keys() != keys for row in rows):
+        return False
+    return all(row[name] is not None for row in rows for name in _JSON_COLUMNS if name in keys)
+
+
+_JSON_COLUMNS = tuple(column.name for column in steps.c if isinstance(column.type, JSON))
+
+
+def _insert_from_json(conn: Connection, table: str, rows: Sequence[dict[str, Any]]) -> None:
+    """PostgreSQL: insert rows (all with the same keys) from one JSON array, in one statement.
+
+    psycopg's executemany sends one insert per row: a new run's hundred steps and their needs
+    took 3.9 and 1.8 ms that way.
+    """
+    direct.execute(conn, _insert_from_json_statement(table, tuple(rows[0])), {"rows": json.dumps(rows)})
+
+
+@lru_cache(maxsize=32)
+def _insert_from_json_statement(table: str, columns: tuple[str, ...]) -> Any:
+    names = ", ".join(f'"{name}"' for name in columns)
+    return text(
+        f"INSERT INTO {table} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json))"
+    )
 
 
 def satisfy_dependents(conn: Connection, run_id: str, keys: Sequence[str]) -> None:
