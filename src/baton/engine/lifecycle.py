@@ -145,7 +145,7 @@ class Lifecycle:
                 ) and not request.confirm
                 why = "waiting for confirmation"
             status = R.NEEDS_CONFIRMATION if needs_confirmation else R.QUEUED
-            run_store.insert_run(
+            run = run_store.insert_run(
                 conn,
                 {
                     "id": run_id,
@@ -180,8 +180,6 @@ class Lifecycle:
                 )
             ]
             drafts += [EventDraft("policy.override", {"notice": notice}) for notice in snapshot.overrides]
-            run = run_store.get_run(conn, run_id)
-            assert run is not None
             if not needs_confirmation:
                 drafts += self._admit(conn, run)
             append_events(conn, run_id, drafts)

@@ -30,10 +30,12 @@ from baton.store.dialects import PostgresDialect
 from baton.store.schema import runs
 
 
-def insert_run(conn: Connection, values: dict[str, Any]) -> None:
+def insert_run(conn: Connection, values: dict[str, Any]) -> Row[Any]:
+    """Insert a run; returns its row as stored (defaults filled in)."""
     now = db_now(conn)
-    conn.execute(insert(runs).values(created_at=now, updated_at=now, **values))
+    row = conn.execute(insert(runs).values(created_at=now, updated_at=now, **values).returning(*runs.c)).one()
     touch(conn, "runs")
+    return row
 
 
 def get_run(conn: Connection, run_id: str) -> Row[Any] | None:
