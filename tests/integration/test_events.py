@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Connection, create_engine, select
 
-from baton.domain.events import EventDraft
+from baton.domain.events import MAX_EVENT_PAYLOAD_BYTES, EventDraft
 from baton.engine.follow import follow_run, wait_for_events
 from baton.engine.lifecycle import RunRequest
 from baton.engine.worker import WorkerSettings
@@ -153,6 +153,20 @@ async def test_appends_of_any_size_keep_their_fields_and_order(rt: Runtime) -> N
     with pytest.raises(ValueError, match="run run_missing: it does not exist"):
         await rt.db.write(append_events, "run_missing", [EventDraft("log", {"message": "lost"})])
     assert len(await all_events(rt)) == before
+
+
+async def test_a_payload_too_large_for_an_event_is_refused_and_many_small_ones_are_not(rt: Runtime) -> None:
+    """The limit is per event: a batch larger than it in all is fine, one event over it is not,
+    and then nothing of the batch is written."""
+    run_id = await new_run(rt)
+    before = len(await rt.db.read(events_after, run_id))
+    many = [EventDraft("log", {"chunk": "x" * 1000, "n": i}) for i in range(100)]  # ~100 KB in all
+    seqs = await rt.db.write(append_events, run_id, many)
+    assert len(seqs) == 100
+    huge = [EventDraft("log", {"n": 0}), EventDraft("step.delta", {"text": "y" * MAX_EVENT_PAYLOAD_BYTES})]
+    with pytest.raises(ValueError, match=r"event step.delta payload is \d+ bytes; store large content"):
+        await rt.db.write(append_events, run_id, huge)
+    assert len(await rt.db.read(events_after, run_id)) == before + 100
 
 
 # --- the global log -------------------------------------------------------------------------
