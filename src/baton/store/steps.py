@@ -570,14 +570,14 @@ _FINISH_MANY_TEMPLATE = (
     "UPDATE steps SET status = 'succeeded', finished_at = :now, lease_expires_at = NULL,"
     " lease_token = NULL, error = NULL, usage = NULL, output_ref = NULL,"
     " output = {output}, output_text = {output_text}"
-    " FROM {rows} WHERE steps.id = {id} AND steps.lease_token = {token} AND steps.status = 'running'"
+    " FROM {rows} WHERE steps.id = {id} AND steps.lease_token = {token} AND {running}"
     " RETURNING steps.id, {artifact} AS artifact"
 )
 
 
-def _finish_many(rows: str, element: str, as_json: str, artifact: str) -> Any:
+def _finish_many(rows: str, element: str, as_json: str, artifact: str, running: str) -> Any:
     """The statement for one dialect: `rows` of the array, `element` n of a row, `as_json` a text,
-    `artifact` the spec's artifact name."""
+    `artifact` the spec's artifact name, `running` the condition that the step still runs."""
     return text(
         _FINISH_MANY_TEMPLATE.format(
             rows=rows,
@@ -586,6 +586,7 @@ def _finish_many(rows: str, element: str, as_json: str, artifact: str) -> Any:
             output=as_json.format(element.format(2)),
             output_text=element.format(3),
             artifact=artifact,
+            running=running,
         )
     ).columns(steps.c.id, column("artifact", String))
 
@@ -595,12 +596,19 @@ _FINISH_MANY_SQLITE = _finish_many(
     "json_extract(f.value, '$[{}]')",
     "{}",
     "CAST(json_extract(steps.spec, '$.artifact') AS TEXT)",
+    "steps.status = 'running'",
 )
+# PostgreSQL, planning for a few running steps by its statistics, found them through the status
+# index, which also holds an entry for every version of every step that ran since the last
+# vacuum: 0.7 ms for eight steps in a fan-out. The steps are looked up by id instead, and the
+# status, kept out of the planner's reach (`|| ''`), checked on the rows found.
 _FINISH_MANY = _finish_many(
     "json_array_elements(CAST(:finished AS json)) AS f(value)",
     "f.value ->> {}",
     "CAST({} AS json)",
     "steps.spec ->> 'artifact'",
+    "steps.id = ANY(ARRAY(SELECT value ->> 0 FROM json_array_elements(CAST(:finished AS json))))"
+    " AND steps.status || '' = 'running'",
 )
 
 
