@@ -44,7 +44,7 @@ async def test_steps_from_one_json_array_are_stored_as_row_by_row(
 ) -> None:
     request = RunRequest("shapes", require_confirmation=True)  # not started: every step pending
     from_json = (await rt.lifecycle.create_run(request))["id"]
-    monkeypatch.setattr(step_store, "_json_safe", lambda rows: False)
+    monkeypatch.setattr(step_store, "_insertable_from_json", lambda rows: False)
     row_by_row = (await rt.lifecycle.create_run(request))["id"]
     one = await rt.db.read(_stored, from_json)
     other = await rt.db.read(_stored, row_by_row)
@@ -59,6 +59,6 @@ async def test_steps_from_one_json_array_are_stored_as_row_by_row(
 
 def test_rows_with_a_json_column_left_none_or_unlike_keys_go_row_by_row() -> None:
     plain = {"key": "a", "needs": [], "spec": {}}
-    assert step_store._json_safe([plain, dict(plain, key="b")])
-    assert not step_store._json_safe([dict(plain, output=None)])
-    assert not step_store._json_safe([plain, {"key": "b", "needs": [], "spec": {}, "engine": "x"}])
+    assert step_store._insertable_from_json([plain, dict(plain, key="b")])
+    assert not step_store._insertable_from_json([dict(plain, output=None)])
+    assert not step_store._insertable_from_json([plain, {"key": "b", "needs": [], "spec": {}, "engine": "x"}])

@@ -132,8 +132,14 @@ def append_events_by_run(conn: Connection, drafts_by_run: Mapping[str, Sequence[
         touch(conn, f"run:{run_id}")
     touch(conn, "runs")
     records = [
-        {"run_id": e.run_id, "seq": e.seq, "type": e.type, "step_key": e.step_key, "attempt": e.attempt}
-        | {"payload": e.payload}
+        {
+            "run_id": e.run_id,
+            "seq": e.seq,
+            "type": e.type,
+            "step_key": e.step_key,
+            "attempt": e.attempt,
+            "payload": e.payload,
+        }
         for e in committed
     ]
     drafts = [draft for run_drafts in wanted.values() for draft in run_drafts]
@@ -170,6 +176,7 @@ def _numbered(run_id: str, last: int, drafts: Sequence[EventDraft], now: float) 
 
 
 def _insert(conn: Connection, committed: list[RecentEvent], tx: int) -> None:
+    """SQLite: insert numbered events (PostgreSQL inserts them with the sequence bump)."""
     rows = [
         {
             "run_id": e.run_id,

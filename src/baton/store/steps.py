@@ -64,7 +64,7 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
             }
         )
         edges += [{"run_id": run_id, "need": need, "step_key": row["key"]} for need in needs]
-    if conn.dialect.name == "postgresql" and _json_safe(values):
+    if conn.dialect.name == "postgresql" and _insertable_from_json(values):
         _insert_from_json(conn, steps.name, values)
         if edges:
             _insert_from_json(conn, step_needs.name, edges)
@@ -74,7 +74,7 @@ def insert_steps(conn: Connection, run_id: str, rows: Sequence[dict[str, Any]]) 
         conn.execute(insert(step_needs), edges)
 
 
-def _json_safe(rows: Sequence[dict[str, Any]]) -> bool:
+def _insertable_from_json(rows: Sequence[dict[str, Any]]) -> bool:
     """Rows that one JSON array carries unchanged: all with the same keys, and no JSON column left
     None (stored as JSON `null` by a plain insert, but as SQL NULL by `json_populate_recordset`)."""
     keys = rows[0].keys()
