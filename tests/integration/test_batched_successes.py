@@ -4,8 +4,8 @@ moves on exactly as if they had been recorded one by one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Connection, select
@@ -35,6 +35,7 @@ named.step("plan", artifact="plan.json")(lambda: None)
 named.step("plain")(lambda: None)
 
 WORKER = "test:1:batched"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -160,50 +161,48 @@ def _ended_fields(conn: Connection, run_id: str) -> dict[str, tuple[Any, ...]]:
     return {row.key: tuple(row)[1:] for row in rows}
 
 
-async def test_steps_ended_together_store_what_ending_them_one_by_one_stores(rt: Runtime) -> None:
+async def _ended_both_ways(
+    rt: Runtime, flow: str, outputs: dict[str, Any], read: Callable[[Connection, str], T]
+) -> tuple[T, T]:
+    """What `read` finds in a run whose first steps ended one by one, then in one where they
+    ended together (`record_successes` of them all)."""
     flows = rt.catalog.as_mapping()
-    outputs = {"a": "A ü «quoted»", "b": {"b": [1, 2.5, None], "t": True}, "c": None, "d": 7}
     stored = []
     for together in (False, True):
-        created = await rt.lifecycle.create_run(RunRequest("fan", confirm=True, concurrency_limit=2))
+        created = await rt.lifecycle.create_run(RunRequest(flow, confirm=True, concurrency_limit=2))
         run_id = created["id"]
-        rows = await rt.db.write(step_results.claim_with_events, WORKER, 30.0, 4, ["fan"], run_id=run_id)
+        rows = await rt.db.write(
+            step_results.claim_with_events, WORKER, 30.0, len(outputs), [flow], run_id=run_id
+        )
         successes = [Success(step_results.claim_of(row), Produced(outputs[row.key]), flows) for row in rows]
         if together:
             await rt.db.write(step_results.record_successes, successes)
         else:
             for success in successes:
                 await rt.db.write(step_results.record_successes, [success])
-        stored.append(await rt.db.read(_ended_fields, run_id))
+        stored.append(await rt.db.read(read, run_id))
     one_by_one, at_once = stored
+    return one_by_one, at_once
+
+
+async def test_steps_ended_together_store_what_ending_them_one_by_one_stores(rt: Runtime) -> None:
+    outputs = {"a": "A ü «quoted»", "b": {"b": [1, 2.5, None], "t": True}, "c": None, "d": 7}
+    one_by_one, at_once = await _ended_both_ways(rt, "fan", outputs, _ended_fields)
     assert at_once == one_by_one
     assert at_once["a"][:3] == ("succeeded", outputs["a"], outputs["a"])
     assert at_once["b"][1] == outputs["b"] and at_once["b"][2] is None
 
 
 def _artifacts(conn: Connection, run_id: str) -> dict[str, tuple[Any, ...]]:
+    """The run's artifacts by name, but for its report."""
     columns = (artifacts.c.name, artifacts.c.step_key, artifacts.c.media_type, artifacts.c.content)
-    rows = conn.execute(select(*columns).where(artifacts.c.run_id == run_id))
+    rows = conn.execute(select(*columns).where(artifacts.c.run_id == run_id, artifacts.c.name != "report.md"))
     return {row.name: tuple(row)[1:] for row in rows}
 
 
 async def test_steps_ended_together_store_their_named_artifacts_as_one_by_one(rt: Runtime) -> None:
-    flows = rt.catalog.as_mapping()
     outputs = {"notes": "# Notes\n\nü", "plan": {"steps": [1, 2]}, "plain": "no artifact"}
-    stored = []
-    for together in (False, True):
-        created = await rt.lifecycle.create_run(RunRequest("named", confirm=True, concurrency_limit=2))
-        run_id = created["id"]
-        rows = await rt.db.write(step_results.claim_with_events, WORKER, 30.0, 3, ["named"], run_id=run_id)
-        successes = [Success(step_results.claim_of(row), Produced(outputs[row.key]), flows) for row in rows]
-        if together:
-            await rt.db.write(step_results.record_successes, successes)
-        else:
-            for success in successes:
-                await rt.db.write(step_results.record_successes, [success])
-        kept = await rt.db.read(_artifacts, run_id)
-        stored.append({name: found for name, found in kept.items() if name != "report.md"})
-    one_by_one, at_once = stored
+    one_by_one, at_once = await _ended_both_ways(rt, "named", outputs, _artifacts)
     assert at_once == one_by_one
     assert at_once["notes.md"] == ("notes", "text/markdown", "# Notes\n\nü".encode())
     assert at_once["plan.json"][:2] == ("plan", "application/json")
