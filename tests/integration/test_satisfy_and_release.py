@@ -1,5 +1,5 @@
 """`satisfy_and_release` counts the dependents' needs down and releases those left with none, in
-one statement, leaving every row as `satisfy_dependents` followed by `release_ready` leaves it."""
+one statement, leaving every row as counting them down and then `release_ready` leaves it."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from baton.engine.lifecycle import RunRequest
 from baton.flows.catalog import Catalog
 from baton.flows.spec import Flow
 from baton.runtime import Runtime, open_runtime
 from baton.store import steps as step_store
-from baton.store.schema import steps
+from baton.store.schema import step_needs, steps
 
 graph = Flow("graph", title="Two roots, a join, a question and a tail")
 graph.step("a")(lambda: None)
@@ -49,7 +49,16 @@ def _one_statement(conn: Connection, run_id: str, keys: Sequence[str]) -> Any:
 
 
 def _two_statements(conn: Connection, run_id: str, keys: Sequence[str]) -> Any:
-    step_store.satisfy_dependents(conn, run_id, keys)
+    """The reference: each key satisfies its pending dependents, then ready steps are released."""
+    for key in keys:
+        dependents = select(step_needs.c.step_key).where(
+            step_needs.c.run_id == run_id, step_needs.c.need == key
+        )
+        conn.execute(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.key.in_(dependents), steps.c.status == "pending")
+            .values(unmet=steps.c.unmet - 1)
+        )
     queued, inputs = step_store.release_ready(conn, run_id, NOW)
     return queued, [row.key for row in inputs]
 

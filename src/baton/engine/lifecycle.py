@@ -522,7 +522,7 @@ class Lifecycle:
                 output=answer,
                 finished_at=db_now(conn),
             )
-            step_store.satisfy_dependents(conn, run.id, [answered.step_key])
+            released = step_store.satisfy_and_release(conn, run.id, [answered.step_key], db_now(conn))
             step = next(r for r in step_store.load_steps(conn, run.id) if r.key == answered.step_key)
             drafts = [
                 EventDraft(
@@ -532,7 +532,7 @@ class Lifecycle:
                 ),
                 EventDraft("step.succeeded", {"by": by}, step_key=answered.step_key),
             ]
-            drafts += progress.advance_run(conn, run, self.flows, finished=step)
+            drafts += progress.advance_run(conn, run, self.flows, finished=step, released=released)
             append_events(conn, run.id, drafts)
             return self._snapshot(conn, run.id)
 

@@ -16,7 +16,6 @@ from sqlalchemy import (
     case,
     column,
     insert,
-    literal_column,
     or_,
     select,
     text,
@@ -104,61 +103,11 @@ def _insert_from_json_statement(table: str, columns: tuple[str, ...]) -> Any:
     )
 
 
-def satisfy_dependents(conn: Connection, run_id: str, keys: Sequence[str]) -> None:
-    """`keys` succeeded: every pending step that needs them has as many unmet needs fewer."""
-    sqlite = conn.dialect.name == "sqlite"
-    if len(keys) == 1:
-        statement = _SATISFY_SQLITE if sqlite else _SATISFY
-        direct.execute(conn, statement, {"rid": run_id, "need": keys[0]})
-    elif keys:
-        statement = _SATISFY_MANY_SQLITE if sqlite else _SATISFY_MANY
-        direct.execute(conn, statement, {"rid": run_id, "needs": json.dumps(list(keys))})
-
-
-def _satisfy(status: Any) -> Any:
-    return (
-        update(steps)
-        .where(
-            steps.c.run_id == bindparam("rid"),
-            steps.c.key.in_(
-                select(step_needs.c.step_key).where(
-                    step_needs.c.run_id == bindparam("rid"), step_needs.c.need == bindparam("need")
-                )
-            ),
-            status == S.PENDING.value,
-        )
-        .values(unmet=steps.c.unmet - 1)
-    )
-
-
-_SATISFY = _satisfy(steps.c.status)
-# SQLite's planner, without statistics, walks every pending step of the run by (run_id, status)
-# rather than the few dependents by (run_id, key): 40 us against 5 us at 200 pending steps, and
-# growing with the run. The unary `+` keeps it off that index.
-_SATISFY_SQLITE = _satisfy(literal_column("+steps.status"))
-#: several keys at once (a fan-out's branches recorded together), as a JSON array: a step that
-#: needs two of them loses two unmet needs
-_SATISFY_MANY_TEMPLATE = """
-UPDATE steps SET unmet = unmet - (
-    SELECT count(*) FROM step_needs
-    WHERE step_needs.run_id = :rid AND step_needs.step_key = steps.key AND step_needs.need IN {needs})
-WHERE steps.run_id = :rid AND {status} = 'pending' AND steps.key IN (
-    SELECT step_needs.step_key FROM step_needs
-    WHERE step_needs.run_id = :rid AND step_needs.need IN {needs})"""
-_SATISFY_MANY_SQLITE = text(
-    _SATISFY_MANY_TEMPLATE.format(needs="(SELECT value FROM json_each(:needs))", status="+steps.status")
-)
-_SATISFY_MANY = text(
-    _SATISFY_MANY_TEMPLATE.format(
-        needs="(SELECT jsonb_array_elements_text(CAST(:needs AS jsonb)))", status="steps.status"
-    )
-)
-
-
 def satisfy_and_release(
     conn: Connection, run_id: str, keys: Sequence[str], now: float
 ) -> tuple[list[str], list[Row[Any]]]:
-    """`satisfy_dependents(keys)` and `release_ready` of the steps that made ready, in one statement.
+    """`keys` succeeded: their pending dependents lose as many unmet needs, and those left with
+    none are released as `release_ready` would release them, in one statement.
 
     Only for a transaction in which nothing else made a pending step ready (no expansion, no
     recount): then the dependents of `keys` are the only steps `release_ready` could find, and
@@ -221,7 +170,9 @@ def _satisfy_release_many(needs: str, status: str) -> Any:
     return _satisfy_release("met.n", met, "steps.key = met.step_key", status)
 
 
-# `+steps.status`: see _SATISFY_SQLITE
+# SQLite's planner, without statistics, walks every pending step of the run by (run_id, status)
+# rather than the few dependents by (run_id, key): 40 us against 5 us at 200 pending steps, and
+# growing with the run. The unary `+` keeps it off that index.
 _SATISFY_RELEASE_SQLITE = _satisfy_release_one("+steps.status")
 _SATISFY_RELEASE = _satisfy_release_one("steps.status")
 _SATISFY_RELEASE_MANY_SQLITE = _satisfy_release_many("SELECT value FROM json_each(:needs)", "+steps.status")
