@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +221,13 @@ def _batched_bodies(conn: Connection) -> list[str]:
 async def _behind_a_held_write(db: Database, notes: _Notes, queue: list[tuple[str, str]]) -> list[Any]:
     """Queue `(run, item)` writes behind a batched write of r1 in flight; their results (or errors)."""
     await db.write(_batched_table)
-    first = asyncio.ensure_future(db.write_batched("r1", notes.add, "hold"))
+    if db.dialect.name == "sqlite":
+        # A plain write, on the writer thread: SQLite commits a batched write on the event
+        # loop's own thread when nothing is in flight (`Database._write_on_loop`), where holding
+        # it would hold the loop.
+        first = asyncio.ensure_future(db.write(notes.add, ["hold"]))
+    else:
+        first = asyncio.ensure_future(db.write_batched("r1", notes.add, "hold"))
     await asyncio.sleep(0.05)
     queued = [asyncio.ensure_future(db.write_batched(run, notes.add, item)) for run, item in queue]
     await asyncio.sleep(0.05)
@@ -324,4 +332,61 @@ async def test_a_caller_cancelled_mid_transaction_waits_for_its_end_then_is_canc
         assert await db.write(_batched_bodies) == ["slow"]  # the database goes on
     finally:
         hold.set()
+        await db.close()
+
+
+# --- SQLite: step ends commit on the event loop's thread, never waiting there for a lock -------
+
+
+async def test_sqlite_batched_writes_commit_on_the_loop_thread_and_others_on_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'b.db'}")
+    threads: list[str] = []
+
+    def add(conn: Connection, items: list[str]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return _Notes().add(conn, items)
+
+    try:
+        await db.write(_batched_table)
+        assert await db.write_batched("r1", add, "a") == 1
+        await db.write(add, ["b"])
+        assert threads == [threading.current_thread().name, threads[1]]
+        assert threads[1].startswith("baton-sqlite-write"), threads
+        assert await db.read(_batched_bodies) == ["a", "b"]
+    finally:
+        await db.close()
+
+
+async def test_sqlite_a_batched_write_waits_for_another_connections_lock_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    db = await Database.open(f"sqlite:///{path}")
+    threads: list[str] = []
+
+    def add(conn: Connection, items: list[str]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return _Notes().add(conn, items)
+
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.write(_batched_table)
+        other.execute("BEGIN IMMEDIATE")  # another process's write in progress: the lock is taken
+        write = asyncio.ensure_future(db.write_batched("r1", add, "a"))
+        gaps = []
+        for _ in range(20):  # the loop keeps turning while the write waits for the lock
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - before)
+        assert not write.done()
+        assert max(gaps) < 1.0, gaps  # SQLite's busy timeout (5 s) was never waited out on the loop
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 10) == 1
+        assert threads[-1].startswith("baton-sqlite-write"), threads  # it waited on the writer thread
+        # The lock is free again: the next one commits on the loop thread, on the same connection.
+        assert await db.write_batched("r1", add, "b") == 2
+        assert threads[-1] == threading.current_thread().name
+        assert await db.read(_batched_bodies) == ["a", "b"]
+    finally:
+        other.close()
         await db.close()

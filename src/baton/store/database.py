@@ -442,10 +442,57 @@ class Database:
         if start and batch is not None:
             # A write that may be merged waits for the end of this turn of the event loop, so
             # that those queued in the same turn (a fan-out's branches) join its group.
-            loop.call_soon(self._start_writer)
+            loop.call_soon(self._write_on_loop)
         elif start:
             self._start_writer()
         return done
+
+    def _write_on_loop(self) -> None:
+        """Commit the queued step ends on this event loop's thread, not the writer thread's.
+
+        A step's end is a short transaction, and a chain's next step waits for it: the two
+        thread hops around it (hand-off to the writer, wake-up of the loop) were a sixth of a
+        SQLite chain step (bench/engine.py, issue 7), while the loop had nothing else to do
+        than wait. The loop never waits here on another process's write lock: the transaction
+        starts without SQLite's busy timeout, and if the lock is taken the writes go to the
+        writer thread, which waits for it. Anything but step ends queued with them (a long
+        write, a run's creation) goes to the writer thread as well.
+        """
+        with self._writes_lock:
+            group = self._queued_writes[:_GROUP_COMMIT_MAX]
+            if not group or any(write.batch is None for write in group):
+                group = []
+            del self._queued_writes[: len(group)]
+        if group:
+            outcomes = self._commit_without_waiting(group)
+            if outcomes is None:  # the write lock is taken: the writer thread waits for it
+                with self._writes_lock:
+                    self._queued_writes[:0] = group
+            else:
+                _settle_group(group, outcomes, asyncio.get_running_loop())
+        with self._writes_lock:
+            if not self._queued_writes:
+                self._writer_busy = False
+                return
+        self._start_writer()
+
+    def _commit_without_waiting(self, group: list[_QueuedWrite]) -> list[tuple[bool, Any]] | None:
+        """`_commit_group` on the writer's connection; None when SQLite's write lock is taken."""
+        try:
+            if self._write_conn is None:
+                self._write_conn = self.engine.connect()
+            conn = self._write_conn
+            conn.info[_BEGIN_WITHOUT_WAITING] = True
+            try:
+                return _commit_group(conn, group, self.dialect)
+            finally:
+                conn.info.pop(_BEGIN_WITHOUT_WAITING, None)
+        except _WriteLockTaken:
+            return None
+        except BaseException as error:  # the group's BEGIN or COMMIT failed: every write failed
+            if isinstance(error, exc.DBAPIError):
+                self._close_write_conn()  # the next group starts on a fresh connection
+            return [(False, error)] * len(group)
 
     def _start_writer(self) -> None:
         try:
@@ -520,14 +567,7 @@ class Database:
                 outcomes = [(False, error)] * len(group)
                 if isinstance(error, exc.DBAPIError):
                     self._close_write_conn()  # the next group starts on a fresh connection
-            # One wake-up per loop for the whole group: its writers resume in the same turn of
-            # the loop, and the successors they hand off end, and queue, together.
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-            for write, (ok, value) in zip(group, outcomes, strict=True):
-                by_loop.setdefault(write.loop, []).append((write.done, ok, value))
-            for loop, settled in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these
-                    loop.call_soon_threadsafe(_settle_all, settled)
+            _settle_group(group, outcomes, None)
 
     def _close_write_conn(self) -> None:
         """On the writer thread: drop its connection (after a failure, or when the database closes)."""
@@ -741,6 +781,23 @@ def _in_savepoint(conn: Connection, body: Callable[[Connection], Any]) -> tuple[
     return done
 
 
+def _settle_group(
+    group: list[_QueuedWrite], outcomes: list[tuple[bool, Any]], here: asyncio.AbstractEventLoop | None
+) -> None:
+    """Settle each write's future on its own loop (`here`: the loop of this thread, settled now)."""
+    # One wake-up per loop for the whole group: its writers resume in the same turn of the
+    # loop, and the successors they hand off end, and queue, together.
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for write, (ok, value) in zip(group, outcomes, strict=True):
+        by_loop.setdefault(write.loop, []).append((write.done, ok, value))
+    for loop, settled in by_loop.items():
+        if loop is here:
+            _settle_all(settled)
+            continue
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for done, ok, value in settled:
         _settle(done, ok, value)
@@ -783,7 +840,9 @@ async def _uninterrupted(attempt: asyncio.Future[T]) -> T:
 
 
 def _sqlite_engine(url: str, *, read_only: bool) -> Engine:
-    engine = create_engine(sync_url(url), connect_args={"timeout": 5.0, "check_same_thread": False})
+    engine = create_engine(
+        sync_url(url), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    )
     _install_sqlite_discipline(engine, read_only=read_only)
     return engine
 
@@ -896,7 +955,7 @@ def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
         if read_only:
@@ -906,7 +965,28 @@ def _install_sqlite_discipline(engine: Engine, *, read_only: bool) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         # On the cursor: through `exec_driver_sql` this cost a tenth of a no-op step's writer time.
-        direct.execute_sql(conn, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+        without_waiting = not read_only and conn.info.get(_BEGIN_WITHOUT_WAITING, False)
+        if without_waiting:
+            direct.execute_sql(conn, "PRAGMA busy_timeout=0")
+        try:
+            direct.execute_sql(conn, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+        except exc.DBAPIError as error:
+            if without_waiting and _is_contention(error):
+                raise _WriteLockTaken() from error
+            raise
+        finally:
+            if without_waiting:
+                direct.execute_sql(conn, f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+
+#: how long a SQLite write waits for another process's write lock before it fails (then retried)
+SQLITE_BUSY_TIMEOUT_MS = 5000
+#: set in a write connection's `info`: its next transaction starts only if the write lock is free
+_BEGIN_WITHOUT_WAITING = "baton_begin_without_waiting"
+
+
+class _WriteLockTaken(Exception):
+    """Another connection holds SQLite's write lock, and this transaction was not to wait for it."""
 
 
 def _is_contention(error: exc.DBAPIError) -> bool:
