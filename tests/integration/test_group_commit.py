@@ -350,6 +350,7 @@ async def test_sqlite_batched_writes_commit_on_the_loop_thread_and_others_on_the
 
     try:
         await db.write(_batched_table)
+        await asyncio.sleep(0.05)  # the writer thread, done, goes idle (its caller may resume first)
         assert await db.write_batched("r1", add, "a") == 1
         await db.write(add, ["b"])
         assert threads == [threading.current_thread().name, threads[1]]
@@ -384,6 +385,7 @@ async def test_sqlite_a_batched_write_waits_for_another_connections_lock_off_the
         assert await asyncio.wait_for(write, 10) == 1
         assert threads[-1].startswith("baton-sqlite-write"), threads  # it waited on the writer thread
         # The lock is free again: the next one commits on the loop thread, on the same connection.
+        await asyncio.sleep(0.05)
         assert await db.write_batched("r1", add, "b") == 2
         assert threads[-1] == threading.current_thread().name
         assert await db.read(_batched_bodies) == ["a", "b"]

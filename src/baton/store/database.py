@@ -164,6 +164,8 @@ class Database:
     PostgreSQL's through psycopg's synchronous driver on a thread per pooled connection, SQLite's
     through the plain sqlite3 driver with a single writer thread, so that this process never
     contends with itself for SQLite's one write lock (other processes: busy_timeout and retries).
+    Steps' ends, short and awaited by the steps they release, commit on the event loop's own
+    thread instead when that writer is idle, on the writer's connection (`_write_on_loop`).
 
     SQLite writes are group-committed: write transactions that queue up while the writer thread
     is busy run back to back in one SQLite transaction, each inside its own savepoint, and share
@@ -214,6 +216,7 @@ class Database:
         #: the writer thread's own connection, kept open: no pool check-out, reset and check-in
         #: around every group (a tenth of a step's cost on SQLite)
         self._write_conn: Connection | None = None
+        self._closing = False
 
     @classmethod
     async def open(cls, url: str | None = None, *, upgrade: bool | None = None) -> Database:
@@ -247,6 +250,7 @@ class Database:
             self._pg_threads.shutdown(wait=True)
             self.engine.dispose()
         else:
+            self._closing = True  # from now on every write goes to the writer thread, which refuses it
             with contextlib.suppress(RuntimeError):
                 await asyncio.get_running_loop().run_in_executor(self._writer, self._close_write_conn)
             self._writer.shutdown(wait=True)
@@ -460,7 +464,7 @@ class Database:
         """
         with self._writes_lock:
             group = self._queued_writes[:_GROUP_COMMIT_MAX]
-            if not group or any(write.batch is None for write in group):
+            if not group or self._closing or any(write.batch is None for write in group):
                 group = []
             del self._queued_writes[: len(group)]
         if group:
