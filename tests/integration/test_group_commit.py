@@ -338,7 +338,7 @@ async def test_a_caller_cancelled_mid_transaction_waits_for_its_end_then_is_canc
 # --- SQLite: step ends commit on the event loop's thread, never waiting there for a lock -------
 
 
-async def test_sqlite_batched_writes_commit_on_the_loop_thread_and_others_on_the_writer_thread(
+async def test_sqlite_short_writes_commit_on_the_loop_thread_and_others_on_the_writer_thread(
     tmp_path: Path,
 ) -> None:
     db = await Database.open(f"sqlite:///{tmp_path / 'b.db'}")
@@ -353,9 +353,12 @@ async def test_sqlite_batched_writes_commit_on_the_loop_thread_and_others_on_the
         await asyncio.sleep(0.05)  # the writer thread, done, goes idle (its caller may resume first)
         assert await db.write_batched("r1", add, "a") == 1
         await db.write(add, ["b"])
-        assert threads == [threading.current_thread().name, threads[1]]
+        await asyncio.sleep(0.05)
+        assert await db.write_short(add, ["c"]) == [3]  # a short write (a worker's claim)
+        loop_thread = threading.current_thread().name
+        assert threads == [loop_thread, threads[1], loop_thread]
         assert threads[1].startswith("baton-sqlite-write"), threads
-        assert await db.read(_batched_bodies) == ["a", "b"]
+        assert await db.read(_batched_bodies) == ["a", "b", "c"]
     finally:
         await db.close()
 

@@ -147,7 +147,7 @@ class Worker:
             claimed: list[Any] = []
             if free > 0:
                 started = time.perf_counter()
-                claimed = await self.db.write(
+                claimed = await self.db.write_short(
                     step_results.claim_with_events, self.id, self.settings.lease_s, free, names
                 )
                 metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)

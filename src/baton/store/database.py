@@ -164,7 +164,7 @@ class Database:
     PostgreSQL's through psycopg's synchronous driver on a thread per pooled connection, SQLite's
     through the plain sqlite3 driver with a single writer thread, so that this process never
     contends with itself for SQLite's one write lock (other processes: busy_timeout and retries).
-    Steps' ends, short and awaited by the steps they release, commit on the event loop's own
+    Steps' ends and workers' claims, short and awaited by steps, commit on the event loop's own
     thread instead when that writer is idle, on the writer's connection (`_write_on_loop`).
 
     SQLite writes are group-committed: write transactions that queue up while the writer thread
@@ -265,6 +265,15 @@ class Database:
     ) -> T:
         """Run `fn(conn, …)` in one write transaction (SQLite: BEGIN IMMEDIATE), retried on contention."""
         return await self._transaction(False, fn, *args, **kwargs)
+
+    async def write_short(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`write` of a transaction of a few statements that steps wait for (a worker's claim).
+
+        On SQLite it may commit on the event loop's own thread (`_write_on_loop`).
+        """
+        return cast(T, await self._transact(False, _bound(fn, args, kwargs), short=True))
 
     def _runs_ended(self, ended: list[Any]) -> None:
         for hook in self.run_end_hooks:
@@ -409,14 +418,22 @@ class Database:
         return cast(T, await self._transact(read_only, _bound(fn, args, kwargs)))
 
     async def _transact(
-        self, read_only: bool, call: Callable[[Connection], Any], batch: _Batch | None = None
+        self,
+        read_only: bool,
+        call: Callable[[Connection], Any],
+        batch: _Batch | None = None,
+        *,
+        short: bool = False,
     ) -> Any:
-        """`call` in one transaction, retried on contention; `batch`: it may be merged (SQLite)."""
+        """`call` in one transaction, retried on contention; `batch`: it may be merged (SQLite).
+
+        `short`: a few statements, which SQLite may commit on the event loop's thread.
+        """
         body = _notifying(_collecting(call), self.dialect)
         delay = 0.002
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                outcome = await _uninterrupted(self._start_attempt(read_only, body, batch))
+                outcome = await _uninterrupted(self._start_attempt(read_only, body, batch, short))
                 self._after_commit(outcome)
                 return outcome.result
             except exc.DBAPIError as error:
@@ -429,7 +446,11 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _start_attempt(
-        self, read_only: bool, body: Callable[[Connection], _Outcome], batch: _Batch | None = None
+        self,
+        read_only: bool,
+        body: Callable[[Connection], _Outcome],
+        batch: _Batch | None = None,
+        short: bool = False,
     ) -> asyncio.Future[_Outcome]:
         """Start one transaction attempt on its thread; the future settles once it has ended."""
         loop = asyncio.get_running_loop()
@@ -440,31 +461,32 @@ class Database:
             return loop.run_in_executor(self._readers, _sync_attempt, self._read_engine, body)
         done: asyncio.Future[_Outcome] = loop.create_future()
         with self._writes_lock:
-            self._queued_writes.append(_QueuedWrite(body, done, loop, batch))
+            short = short or batch is not None  # a step's end is short
+            self._queued_writes.append(_QueuedWrite(body, done, loop, batch, short))
             start = not self._writer_busy
             self._writer_busy = True
-        if start and batch is not None:
-            # A write that may be merged waits for the end of this turn of the event loop, so
-            # that those queued in the same turn (a fan-out's branches) join its group.
+        if start and short:
+            # It waits for the end of this turn of the event loop, so that those queued in the
+            # same turn (a fan-out's branches) join its group.
             loop.call_soon(self._write_on_loop)
         elif start:
             self._start_writer()
         return done
 
     def _write_on_loop(self) -> None:
-        """Commit the queued step ends on this event loop's thread, not the writer thread's.
+        """Commit the queued short writes on this event loop's thread, not the writer thread's.
 
-        A step's end is a short transaction, and a chain's next step waits for it: the two
-        thread hops around it (hand-off to the writer, wake-up of the loop) were a sixth of a
-        SQLite chain step (bench/engine.py, issue 7), while the loop had nothing else to do
+        Steps' ends and workers' claims are short transactions that steps wait for: in a chain,
+        the two thread hops around each (hand-off to the writer, wake-up of the loop) were a
+        sixth of a SQLite step (bench/engine.py, issue 7), while the loop had nothing else to do
         than wait. The loop never waits here on another process's write lock: the transaction
         starts without SQLite's busy timeout, and if the lock is taken the writes go to the
-        writer thread, which waits for it. Anything but step ends queued with them (a long
-        write, a run's creation) goes to the writer thread as well.
+        writer thread, which waits for it. Any other write queued with them (a long one, a
+        run's creation) sends the whole queue to the writer thread as well.
         """
         with self._writes_lock:
             group = self._queued_writes[:_GROUP_COMMIT_MAX]
-            if not group or self._closing or any(write.batch is None for write in group):
+            if not group or self._closing or any(not write.short for write in group):
                 group = []
             del self._queued_writes[: len(group)]
         if group:
@@ -749,6 +771,8 @@ class _QueuedWrite:
     done: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     batch: _Batch | None = None
+    #: a few statements: it may commit on the event loop's thread (`Database._write_on_loop`)
+    short: bool = False
 
 
 def _commit_group(conn: Connection, writes: list[_QueuedWrite], dialect: Dialect) -> list[tuple[bool, Any]]:
