@@ -52,8 +52,8 @@ def register(*values: str | None) -> None:
         _known = None
 
 
-#: (the environment it was computed from, the registered count, the answer) of `known_secrets`
-_known: tuple[frozenset[tuple[Any, Any]], int, list[str]] | None = None
+#: (a copy of the environment it was computed from, the registered count, the answer) of `known_secrets`
+_known: tuple[dict[Any, Any], int, list[str]] | None = None
 
 
 def known_secrets() -> list[str]:
@@ -64,15 +64,17 @@ def known_secrets() -> list[str]:
     raw items change (a variable set, changed or removed) or a secret is registered.
     """
     global _known
-    # os.environ's undecoded items: comparing them costs a few microseconds, decoding them more.
-    raw = frozenset(getattr(os.environ, "_data", os.environ).items())
+    # os.environ's undecoded items, compared with a copy as dictionaries: the values are the same
+    # objects until a variable is set, so the comparison is a fraction of a microsecond (a set of
+    # the items, built at every call, cost 10 us in a step), and decoding them would cost more.
+    raw = getattr(os.environ, "_data", os.environ)
     with _lock:
         known = _known
         if known is not None and known[1] == len(_registered) and known[0] == raw:
             return known[2]
         found = set(_registered) | secrets_in(os.environ)
         answer = sorted(found, key=len, reverse=True)
-        _known = (raw, len(_registered), answer)
+        _known = (dict(raw), len(_registered), answer)
         return answer
 
 
