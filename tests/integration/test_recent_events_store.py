@@ -170,7 +170,7 @@ async def test_a_lost_notification_delays_a_stream_by_one_wait_at_most(postgres_
         last = (await worker.db.write(append_events, run_id, [EventDraft("log", {"message": "heard"})]))[-1]
         assert await server.db.wait([f"run:{run_id}"], 10.0, since=seen)
         pages = _SharedPages()
-        assert await _next_frames(server, pages, run_id, last - 1, timeout=5.0) != []
+        assert (await _next_frames(server, pages, run_id, last - 1, timeout=5.0))[0] != []
         assert server.db.recent_events.after(run_id, last, 10) == []  # caught up, as far as it knows
 
         listener = server.db._listener
@@ -178,6 +178,46 @@ async def test_a_lost_notification_delays_a_stream_by_one_wait_at_most(postgres_
         listener.cancel()  # the LISTEN connection is gone and nothing says so
         await worker.db.write(append_events, run_id, [EventDraft("log", {"message": "not heard"})])
         began = time.monotonic()
-        frames = await _next_frames(server, pages, run_id, last, timeout=1.0)
+        frames, _ = await _next_frames(server, pages, run_id, last, timeout=1.0)
         assert [f.seq for f in frames] == [last + 1], "the stream must find the event in the store"
         assert time.monotonic() - began < 3.0
+
+
+async def test_a_stream_that_sent_a_short_page_waits_for_a_commit_before_reading_again(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    real_read = _SharedPages._read
+
+    async def counted(rt: Runtime, run_id: str, after: int) -> Any:
+        reads.append(after)
+        return await real_read(rt, run_id, after)
+
+    monkeypatch.setattr(_SharedPages, "_read", staticmethod(counted))
+    async with open_runtime(sqlite_url, catalog=Catalog([talky]), upgrade=False) as rt:
+        run_id = (await rt.lifecycle.create_run(RunRequest("talky")))["id"]
+        pages = _SharedPages()
+        frames, version = await _next_frames(rt, pages, run_id, 0, timeout=1.0)
+        last = frames[-1].seq
+        assert reads == []  # this process wrote them: from memory
+
+        # This process commits while the stream waits: the event comes from memory, no read.
+        waiting = asyncio.ensure_future(_next_frames(rt, pages, run_id, last, timeout=5.0, since=version))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await rt.db.write(append_events, run_id, [EventDraft("log", {"message": "one more"})])
+        frames, version = await asyncio.wait_for(waiting, 5.0)
+        assert [f.seq for f in frames] == [last + 1]
+        assert reads == []
+
+        # Another process's commit, which this one is not told of, is found by the poll.
+        other = await Database.open(sqlite_url)
+        try:
+            await other.write(append_events, run_id, [EventDraft("log", {"message": "from afar"})])
+        finally:
+            await other.close()
+        began = time.monotonic()
+        frames, _ = await _next_frames(rt, pages, run_id, last + 1, timeout=5.0, since=version)
+        assert [f.seq for f in frames] == [last + 2]
+        assert time.monotonic() - began < 2.0
+        assert reads == [last + 1]

@@ -159,13 +159,23 @@ def _shared_pages(request: Request) -> _SharedPages:
 
 
 async def _next_frames(
-    rt: Runtime, pages: _SharedPages, run_id: str, after: int, timeout: float
-) -> list[_Frame]:
-    """Frames after `after`, waiting up to `timeout` for the first (the stream's wait_for_events)."""
+    rt: Runtime, pages: _SharedPages, run_id: str, after: int, timeout: float, *, since: int | None = None
+) -> tuple[list[_Frame], int]:
+    """Frames after `after`, waiting up to `timeout` for the first (the stream's wait_for_events).
+
+    Also returns the run's topic version taken before the frames were read. `since`: that
+    version of the page just sent (a short one, the whole of what was there): while it has not
+    moved, this process has committed nothing to the run since that read, so the stream waits
+    before it reads again. Reading at once found nothing new on SQLite, where memory cannot
+    vouch for other processes' commits, and cost a read per run per page (bench/stream.py,
+    issue 7); other processes' commits are found by the poll, as they always were.
+    """
     topics = [f"run:{run_id}"]
     poll = CROSS_PROCESS_POLL_S if rt.db.dialect.name == "sqlite" else timeout
     deadline = time.monotonic() + timeout
     woken = True
+    if since is not None and rt.db.topics.version(topics) == since:
+        woken = await rt.db.wait(topics, min(timeout, poll), since=since)
     while True:
         # Taken before the read: a commit during the read wakes the wait below at once.
         seen = rt.db.topics.version(topics)
@@ -174,7 +184,7 @@ async def _next_frames(
         frames = await pages.page(rt, run_id, after, seen, woken=woken)
         remaining = deadline - time.monotonic()
         if frames or remaining <= 0:
-            return frames
+            return frames, seen
         woken = await rt.db.wait(topics, min(remaining, poll), since=seen)
 
 
@@ -224,9 +234,11 @@ async def run_stream(
         seq = start
         checked = time.monotonic()
         first = True
+        read_at: int | None = None  # the topic version of the last short page sent
         try:
             while True:
-                rows = await _next_frames(rt, pages, run_id, seq, timeout=1.0)
+                rows, version = await _next_frames(rt, pages, run_id, seq, timeout=1.0, since=read_at)
+                read_at = version if rows and len(rows) < PAGE else None
                 if rows:
                     # A page goes out in one write: frames encoded once per run, sent once per page.
                     seq = rows[-1].seq
@@ -243,7 +255,7 @@ async def run_stream(
                 first = False
                 if time.monotonic() - checked > REVALIDATE_S:
                     checked = time.monotonic()
-                    if not await _still_valid(rt, request, who.token_id) or await request.is_disconnected():
+                    if not await _still_valid(rt, request, who.token_id):
                         return
         finally:
             slot.release()
@@ -304,7 +316,7 @@ async def project_stream(
                     await rt.db.wait(["runs"], poll, since=seen)
                 if time.monotonic() - checked > REVALIDATE_S:
                     checked = time.monotonic()
-                    if not await _still_valid(rt, request, who.token_id) or await request.is_disconnected():
+                    if not await _still_valid(rt, request, who.token_id):
                         return
                 await asyncio.sleep(0)
         finally:
