@@ -159,6 +159,8 @@ def test_hostile_output_is_shown_as_text_and_never_runs(browser: Any, server: Se
         # The CSP reports (as console errors) any inline script it blocks: that would be a payload.
         page.goto(f"{server.url}/runs/{run_id}")
         expect(page.locator("#report-body")).to_contain_text("window.__pwned('script')")
+        # All five listed before they are opened: one listed later would stay closed, and empty.
+        expect(page.locator("details.artifact")).to_have_count(len(artifacts))
         for details in page.locator("details.artifact").all():
             if details.get_attribute("open") is None:
                 details.locator("summary").click()
