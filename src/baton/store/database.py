@@ -478,7 +478,7 @@ class Database:
 
         Steps' ends and workers' claims are short transactions that steps wait for: in a chain,
         the two thread hops around each (hand-off to the writer, wake-up of the loop) were a
-        sixth of a SQLite step (bench/engine.py, issue 7), while the loop had nothing else to do
+        fifth of a SQLite step (bench/engine.py, issue 7), while the loop had nothing else to do
         than wait. The loop never waits here on another process's write lock: the transaction
         starts without SQLite's busy timeout, and if the lock is taken the writes go to the
         writer thread, which waits for it. Any other write queued with them (a long one, a
@@ -515,7 +515,7 @@ class Database:
                 conn.info.pop(_BEGIN_WITHOUT_WAITING, None)
         except _WriteLockTaken:
             return None
-        except BaseException as error:  # the group's BEGIN or COMMIT failed: every write failed
+        except Exception as error:  # the group's BEGIN or COMMIT failed: every write failed
             if isinstance(error, exc.DBAPIError):
                 self._close_write_conn()  # the next group starts on a fresh connection
             return [(False, error)] * len(group)
