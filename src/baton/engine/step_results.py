@@ -241,8 +241,12 @@ def _finish_succeeded(
     if prepared is None:
         return None
     finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **prepared.fields)
-    named = (finished.spec or {}).get("artifact") if finished is not None else None
-    return _after_finish(conn, claim, produced, prepared, finished, named)
+    return _after_finish(conn, claim, produced, prepared, finished, _artifact_named(finished))
+
+
+def _artifact_named(finished: Row[Any] | None) -> str | None:
+    """The artifact a finished step's spec asks its output to be stored as (None: no step, or none)."""
+    return (finished.spec or {}).get("artifact") if finished is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +419,7 @@ def record_successes(conn: Connection, successes: list[Success]) -> list[list[Si
             else:
                 fields = ready.fields
                 finished = step_store.finish_step(conn, claim.step_id, claim.token, S.SUCCEEDED, **fields)
-                named = (finished.spec or {}).get("artifact") if finished is not None else None
+                named = _artifact_named(finished)
             succeeded = _after_finish(conn, claim, success.produced, ready, finished, named)
         if succeeded is None:
             limits.append(0)
