@@ -575,8 +575,8 @@ def test_hostile_agent_output_never_runs_script(browsing: Browsing, server: Serv
     expect(body).to_contain_text('<img src="x" onerror=')  # …and raw HTML shown as text
     for name in ("hostile.md", "hostile.json", "hostile.html"):
         details = page.locator(f"details[data-artifact='{name}']")
-        if details.get_attribute("open") is None:
-            details.locator("summary").click()
+        # Opened, not toggled: the page may open one itself between a look and a click.
+        details.evaluate("details => { details.open = true; }")
     expect(page.locator("details[data-artifact='hostile.md'] .artifact-body .md table")).to_be_visible()
     expect(page.locator(".artifact-body pre.json")).to_contain_text("<script>")
     expect(page.locator("details[data-artifact='hostile.html'] .artifact-body")).to_contain_text("<script>")
